@@ -1,0 +1,199 @@
+"""The 3D PCRLv2 network: a four-stage CNN encoder and a decoder *without* skip connections.
+
+Without skips the encoder alone must carry enough detail to restore the input, which is
+the point of PCRLv2's "visual information preservation". Module and parameter names
+follow the official checkpoint (``down_tr64.ops.0.conv1.weight`` ...), so converted
+official weights load with ``strict=True``; the names are historic labels and stay the
+same when ``widths`` change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import InvalidInputError
+from .heads import prediction_mlp, projection_norm
+from .norms import norm3d
+from .outputs import PCRLv2Output, PyramidLevel
+
+DEFAULT_WIDTHS_3D = (64, 128, 256, 512)
+STAGE_NAMES_3D = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
+DECODER_NAMES_3D = ("up_tr256", "up_tr128", "up_tr64")
+STRIDE_3D = 2 ** (len(STAGE_NAMES_3D) - 1)
+
+
+class ConvNormAct3d(nn.Module):
+    """3x3x3 convolution, normalisation, activation (the official ``LUConv``)."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str, activation: nn.Module):
+        super().__init__()
+        self.conv1 = nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.bn1 = norm3d(norm, out_channels)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.activation(self.bn1(self.conv1(x)))
+
+
+def _two_convs(in_channels: int, mid_channels: int, out_channels: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(
+        ConvNormAct3d(in_channels, mid_channels, norm, nn.ReLU(inplace=True)),
+        ConvNormAct3d(mid_channels, out_channels, norm, nn.ReLU(inplace=True)),
+    )
+
+
+class EncoderStage3D(nn.Module):
+    """Two conv-norm-ReLU blocks; the first has half the stage width, as in the original."""
+
+    def __init__(self, in_channels: int, width: int, norm: str):
+        super().__init__()
+        self.ops = _two_convs(in_channels, width // 2, width, norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ops(x)
+
+
+class DecoderStage3D(nn.Module):
+    """Transposed-conv x2 upsampling and two convs, with this level's PCRLv2 heads."""
+
+    def __init__(self, in_channels: int, width: int, norm: str):
+        super().__init__()
+        self.up_conv = nn.ConvTranspose3d(in_channels, in_channels, kernel_size=2, stride=2)
+        self.ops = _two_convs(in_channels, width, width, norm)
+        self.bn = projection_norm(width)
+        self.predictor_head = prediction_mlp(width)
+        self.deep_supervision_head = ConvNormAct3d(width, 1, norm, nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.ops(self.up_conv(x))
+
+    def project(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Global-average-pool to z, then the predictor MLP to p."""
+        projection = self.bn(features.mean(dim=tuple(range(2, features.dim()))))
+        return projection, self.predictor_head(projection)
+
+
+class OutputHead3D(nn.Module):
+    """1x1x1 convolution and sigmoid: the restored image in [0, 1]."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.final_conv = nn.Conv3d(in_channels, out_channels, kernel_size=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.final_conv(x))
+
+
+class Encoder3D(nn.Module):
+    """The PCRLv2 3D encoder; ``forward`` returns one feature map per stage, fine to coarse.
+
+    ``feature_info`` lists each map's channels and stride relative to the input, like a
+    timm ``features_only`` model.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        widths: Sequence[int] = DEFAULT_WIDTHS_3D,
+        norm: str = "bn",
+    ):
+        super().__init__()
+        widths = tuple(int(w) for w in widths)
+        if len(widths) != len(STAGE_NAMES_3D) or any(w < 2 or w % 2 for w in widths):
+            raise InvalidInputError(
+                f"widths={widths} must be {len(STAGE_NAMES_3D)} even numbers, "
+                f"e.g. the paper's {DEFAULT_WIDTHS_3D}."
+            )
+        self.in_channels = in_channels
+        self.widths = widths
+        self.norm = norm
+        self.maxpool = nn.MaxPool3d(2)
+        previous = in_channels
+        for name, width in zip(STAGE_NAMES_3D, widths):
+            self.add_module(name, EncoderStage3D(previous, width, norm))
+            previous = width
+        self.feature_info = [
+            {"num_chs": w, "reduction": 2**i, "module": n}
+            for i, (n, w) in enumerate(zip(STAGE_NAMES_3D, widths))
+        ]
+
+    def stages(self) -> list[EncoderStage3D]:
+        return [getattr(self, name) for name in STAGE_NAMES_3D]
+
+    def check_input(self, x: Tensor) -> None:
+        """Fail early, with the fix, on inputs the network cannot take."""
+        if x.dim() != 5 or x.shape[1] != self.in_channels:
+            raise InvalidInputError(
+                f"expected a (B, {self.in_channels}, D, H, W) tensor, got shape "
+                f"{tuple(x.shape)}; add the channel axis with x[:, None] if it is missing."
+            )
+        bad = [s for s in x.shape[2:] if s % STRIDE_3D]
+        if bad:
+            raise InvalidInputError(
+                f"spatial size {tuple(x.shape[2:])} must be divisible by {STRIDE_3D}; pad or "
+                f"crop the volume (e.g. pcrlv2_hub.pad_to_multiple(x, {STRIDE_3D}))."
+            )
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        self.check_input(x)
+        features = []
+        for i, stage in enumerate(self.stages()):
+            x = stage(self.maxpool(x) if i else x)
+            features.append(x)
+        return features
+
+
+class PCRLv2UNet3D(Encoder3D):
+    """The full pretraining network: encoder, skip-less decoder, per-level heads.
+
+    It extends :class:`Encoder3D` rather than wrapping it so that parameter names stay
+    flat, exactly as in the official checkpoint.
+
+    ``forward(x)`` returns :class:`PCRLv2Output`. ``local=True`` is the mode for small
+    local views: only projections and predictions are computed (no restorations).
+    ``supervise`` picks the levels (0 = coarsest) whose deep-supervision restoration is
+    computed; by default all of them, in local mode none.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        out_channels: int = 1,
+        widths: Sequence[int] = DEFAULT_WIDTHS_3D,
+        norm: str = "bn",
+    ):
+        super().__init__(in_channels, widths, norm)
+        self.out_channels = out_channels
+        decoder_widths = self.widths[-2::-1]
+        previous = self.widths[-1]
+        for name, width in zip(DECODER_NAMES_3D, decoder_widths):
+            self.add_module(name, DecoderStage3D(previous, width, norm))
+            previous = width
+        self.out_tr = OutputHead3D(previous, out_channels)
+
+    def decoder_stages(self) -> list[DecoderStage3D]:
+        return [getattr(self, name) for name in DECODER_NAMES_3D]
+
+    def forward(
+        self, x: Tensor, local: bool = False, supervise: Iterable[int] | None = None
+    ) -> PCRLv2Output:
+        if supervise is None:
+            supervise = () if local else range(len(DECODER_NAMES_3D))
+        supervised = set(supervise)
+        size = x.shape[2:]
+        h = super().forward(x)[-1]
+        levels = []
+        for index, stage in enumerate(self.decoder_stages()):
+            h = stage(h)
+            projection, prediction = stage.project(h)
+            restoration = None
+            if index in supervised:
+                restoration = stage.deep_supervision_head(h)
+                if restoration.shape[2:] != size:
+                    restoration = F.interpolate(restoration, size=size, mode="trilinear")
+            levels.append(PyramidLevel(projection, prediction, restoration))
+        return PCRLv2Output(None if local else self.out_tr(h), tuple(levels))
