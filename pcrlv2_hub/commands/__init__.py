@@ -1,0 +1,9 @@
+"""Sub-commands of ``pcrlv2-hub``; each module has ``register(subparsers)``.
+
+A module's ``register`` adds its parsers and sets ``handler=`` to a function taking the
+parsed arguments; heavy imports happen inside the handlers so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+COMMAND_MODULES: list = []
