@@ -62,3 +62,11 @@ class CheckpointError(PCRLv2HubError):
 
 class TrainingDivergedError(PCRLv2HubError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class DataWarning(UserWarning):
+    """Some training data was skipped (unreadable, truncated); the run goes on without it."""
+
+
+class VerificationError(PCRLv2HubError):
+    """A weights file loads but does not compute the golden output recorded for it."""

@@ -13,10 +13,16 @@ import torch
 from torch import nn
 
 from ..errors import InvalidInputError, UnknownModelError
-from .unet3d import PCRLv2UNet3D
+from .unet2d import PCRLv2UNet2D, resnet18_encoder
+from .unet3d import Encoder3D, PCRLv2UNet3D
 
+# The encoder-only entries name weights files that hold just an encoder: the official 2D
+# checkpoint (timm/torchvision ResNet-18 names minus ``fc``), or an exported 3D encoder.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "pcrlv2_unet3d": PCRLv2UNet3D,
+    "pcrlv2_unet2d": PCRLv2UNet2D,
+    "pcrlv2_encoder3d": Encoder3D,
+    "pcrlv2_resnet18_encoder": resnet18_encoder,
 }
 
 

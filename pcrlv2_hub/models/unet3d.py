@@ -12,13 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
+from timm.models import FeatureInfo
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
 from .heads import prediction_mlp, projection_norm
 from .norms import norm3d
-from .outputs import PCRLv2Output, PyramidLevel
+from .outputs import PCRLv2Output
+from .padding import check_input_shape
+from .pyramid import PyramidStage, decode_pyramid
 
 DEFAULT_WIDTHS_3D = (64, 128, 256, 512)
 STAGE_NAMES_3D = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
@@ -57,7 +59,7 @@ class EncoderStage3D(nn.Module):
         return self.ops(x)
 
 
-class DecoderStage3D(nn.Module):
+class DecoderStage3D(PyramidStage):
     """Transposed-conv x2 upsampling and two convs, with this level's PCRLv2 heads."""
 
     def __init__(self, in_channels: int, width: int, norm: str):
@@ -70,11 +72,6 @@ class DecoderStage3D(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.ops(self.up_conv(x))
-
-    def project(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Global-average-pool to z, then the predictor MLP to p."""
-        projection = self.bn(features.mean(dim=tuple(range(2, features.dim()))))
-        return projection, self.predictor_head(projection)
 
 
 class OutputHead3D(nn.Module):
@@ -91,8 +88,8 @@ class OutputHead3D(nn.Module):
 class Encoder3D(nn.Module):
     """The PCRLv2 3D encoder; ``forward`` returns one feature map per stage, fine to coarse.
 
-    ``feature_info`` lists each map's channels and stride relative to the input, like a
-    timm ``features_only`` model.
+    ``feature_info`` is a timm ``FeatureInfo`` giving each map's channels and stride
+    relative to the input, as on a timm ``features_only`` model.
     """
 
     def __init__(
@@ -108,35 +105,32 @@ class Encoder3D(nn.Module):
                 f"widths={widths} must be {len(STAGE_NAMES_3D)} even numbers, "
                 f"e.g. the paper's {DEFAULT_WIDTHS_3D}."
             )
-        self.in_channels = in_channels
         self.widths = widths
         self.norm = norm
         self.maxpool = nn.MaxPool3d(2)
         previous = in_channels
-        for name, width in zip(STAGE_NAMES_3D, widths):
+        for name, width in zip(STAGE_NAMES_3D, widths, strict=True):
             self.add_module(name, EncoderStage3D(previous, width, norm))
             previous = width
-        self.feature_info = [
-            {"num_chs": w, "reduction": 2**i, "module": n}
-            for i, (n, w) in enumerate(zip(STAGE_NAMES_3D, widths))
-        ]
+        self.feature_info = FeatureInfo(
+            [
+                {"num_chs": w, "reduction": 2**i, "module": n}
+                for i, (n, w) in enumerate(zip(STAGE_NAMES_3D, widths, strict=True))
+            ],
+            out_indices=range(len(widths)),
+        )
+
+    @property
+    def in_channels(self) -> int:
+        """Read from the stem convolution, so it stays true after ``adapt_in_channels``."""
+        return self.stages()[0].ops[0].conv1.in_channels
 
     def stages(self) -> list[EncoderStage3D]:
         return [getattr(self, name) for name in STAGE_NAMES_3D]
 
     def check_input(self, x: Tensor) -> None:
         """Fail early, with the fix, on inputs the network cannot take."""
-        if x.dim() != 5 or x.shape[1] != self.in_channels:
-            raise InvalidInputError(
-                f"expected a (B, {self.in_channels}, D, H, W) tensor, got shape "
-                f"{tuple(x.shape)}; add the channel axis with x[:, None] if it is missing."
-            )
-        bad = [s for s in x.shape[2:] if s % STRIDE_3D]
-        if bad:
-            raise InvalidInputError(
-                f"spatial size {tuple(x.shape[2:])} must be divisible by {STRIDE_3D}; pad or "
-                f"crop the volume (e.g. pcrlv2_hub.pad_to_multiple(x, {STRIDE_3D}))."
-            )
+        check_input_shape(x, spatial_dims=3, channels=self.in_channels, multiple=STRIDE_3D)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         self.check_input(x)
@@ -170,7 +164,7 @@ class PCRLv2UNet3D(Encoder3D):
         self.out_channels = out_channels
         decoder_widths = self.widths[-2::-1]
         previous = self.widths[-1]
-        for name, width in zip(DECODER_NAMES_3D, decoder_widths):
+        for name, width in zip(DECODER_NAMES_3D, decoder_widths, strict=True):
             self.add_module(name, DecoderStage3D(previous, width, norm))
             previous = width
         self.out_tr = OutputHead3D(previous, out_channels)
@@ -181,19 +175,7 @@ class PCRLv2UNet3D(Encoder3D):
     def forward(
         self, x: Tensor, local: bool = False, supervise: Iterable[int] | None = None
     ) -> PCRLv2Output:
-        if supervise is None:
-            supervise = () if local else range(len(DECODER_NAMES_3D))
-        supervised = set(supervise)
-        size = x.shape[2:]
-        h = super().forward(x)[-1]
-        levels = []
-        for index, stage in enumerate(self.decoder_stages()):
-            h = stage(h)
-            projection, prediction = stage.project(h)
-            restoration = None
-            if index in supervised:
-                restoration = stage.deep_supervision_head(h)
-                if restoration.shape[2:] != size:
-                    restoration = F.interpolate(restoration, size=size, mode="trilinear")
-            levels.append(PyramidLevel(projection, prediction, restoration))
-        return PCRLv2Output(None if local else self.out_tr(h), tuple(levels))
+        deepest = super().forward(x)[-1]
+        return decode_pyramid(
+            self.decoder_stages(), self.out_tr, deepest, x.shape[2:], local, supervise
+        )
