@@ -70,3 +70,7 @@ class DataWarning(UserWarning):
 
 class VerificationError(PCRLv2HubError):
     """A weights file loads but does not compute the golden output recorded for it."""
+
+
+class UploadError(PCRLv2HubError, OSError):
+    """Files could not be pushed to the Hugging Face Hub (no token, refused, network)."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .atomic import atomic_output
 from .errors import WeightsFormatError
 
 FORMAT_VERSION = "1"
@@ -56,7 +56,6 @@ def save_weights(
 ) -> Path:
     """Write ``state_dict`` atomically (temp file, then rename) with self-describing metadata."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
     metadata = {
         _KEY_VERSION: FORMAT_VERSION,
@@ -64,14 +63,8 @@ def save_weights(
         _KEY_ARGS: json.dumps(arguments, sort_keys=True),
         _KEY_PROV: json.dumps(provenance or {}, sort_keys=True),
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 
@@ -119,5 +112,7 @@ def _parse_metadata(raw: dict[str, str], path: str | os.PathLike) -> WeightsMeta
         arguments = json.loads(raw.get(_KEY_ARGS, "{}"))
         provenance = json.loads(raw.get(_KEY_PROV, "{}"))
     except json.JSONDecodeError as error:
-        raise WeightsFormatError(f"{path}: its pcrlv2_hub metadata is not valid JSON ({error}).")
+        raise WeightsFormatError(
+            f"{path}: its pcrlv2_hub metadata is not valid JSON ({error})."
+        ) from error
     return WeightsMetadata(raw.get(_KEY_ARCH), arguments, provenance)

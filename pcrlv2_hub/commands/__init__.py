@@ -6,4 +6,6 @@ parsed arguments; heavy imports happen inside the handlers so ``--help`` stays f
 
 from __future__ import annotations
 
-COMMAND_MODULES: list = []
+from . import hub
+
+COMMAND_MODULES: list = [hub]
