@@ -158,11 +158,9 @@ def _resolve(
     """Architecture, arguments (with ``overrides``) and the tensors a request names."""
     entry = get_entry(name) if name and not name.startswith(HF_HUB_PREFIX) else None
     if weights is not None:
-        if not pretrained:
-            raise InvalidInputError("weights=... loads weights; drop it or pretrained=False.")
         if name is not None and entry is None:
             raise InvalidInputError("give either an hf-hub: name or weights=..., not both.")
-        state_dict, architecture, arguments = _read_local(weights, device)
+        state_dict, architecture, arguments = _read_local(weights, device, pretrained)
         if entry is not None and architecture != entry.architecture:
             raise IncompatibleWeightsError(
                 f"{weights} holds a {architecture} network but {entry.name} is a "
@@ -189,11 +187,16 @@ def _resolve(
 
 
 def _read_local(
-    path: str | os.PathLike, device: Device
-) -> tuple[dict[str, torch.Tensor], str, dict[str, Any]]:
+    path: str | os.PathLike, device: Device, pretrained: bool
+) -> tuple[dict[str, torch.Tensor] | None, str, dict[str, Any]]:
+    """A local file's network and, if ``pretrained``, its tensors (else only its header)."""
     if is_pickle_path(path):
         checkpoint = read_official_checkpoint(path)
-        return checkpoint.state_dict, checkpoint.architecture, checkpoint.arguments
+        state_dict = checkpoint.state_dict if pretrained else None
+        return state_dict, checkpoint.architecture, checkpoint.arguments
+    if not pretrained:
+        metadata = read_metadata(path)
+        return None, _described(metadata.architecture, path), metadata.arguments
     state_dict, metadata = read_weights(path, device=device or "cpu")
     return state_dict, _described(metadata.architecture, path), metadata.arguments
 

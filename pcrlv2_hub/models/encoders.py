@@ -89,11 +89,14 @@ def adapt_in_channels(encoder: nn.Module, in_channels: int) -> nn.Module:
     gives for that image copied to its own channels. So a 1-channel CT encoder takes
     4-channel MRI (the kernel repeated and divided by 4), and the 3-channel ImageNet-style
     2D stem takes grayscale (the RGB kernels summed) or any N channels.
+    Asking for the channel count the stem already has changes nothing.
     Returns ``encoder`` for chaining.
     """
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise InvalidInputError(f"in_channels={in_channels!r} must be a positive integer.")
     stem = stem_convolution(encoder)
+    if stem.in_channels == in_channels:
+        return encoder
     if stem.groups != 1:
         raise InvalidInputError("cannot adapt a grouped stem convolution.")
     old = stem.weight
