@@ -6,6 +6,6 @@ parsed arguments; heavy imports happen inside the handlers so ``--help`` stays f
 
 from __future__ import annotations
 
-from . import hub
+from . import finetune, hub
 
-COMMAND_MODULES: list = [hub]
+COMMAND_MODULES: list = [hub, finetune]

@@ -1,0 +1,1 @@
+"""PCRLv2 pretraining: data in (volumes, images), views and corruptions, the training loop."""

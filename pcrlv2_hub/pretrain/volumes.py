@@ -1,0 +1,321 @@
+"""CT and MRI volumes in: read, resample, window, and decode once into a memory-mapped cache.
+
+Reads NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mhd``/``.raw`` as LUNA16 ships,
+``.mha``), NRRD, DICOM series folders (SimpleITK) and NumPy ``.npy``/``.npz``. Each
+volume is resampled to 1 mm (linear), clipped to the CT window [-1000, 1000] HU and
+scaled to [0, 1] as the authors did; MRI gets a percentile window instead. The result is
+written once as a float16 ``.npy`` in a cache keyed by the file's path, size and
+modification time and by the preprocessing, so epochs read memory-mapped voxels and
+never decompress again (float16 halves the cache and keeps ~1 HU resolution).
+
+Arrays are indexed (x, y, z), like the authors' (SimpleITK's index order; the NumPy
+arrays SimpleITK returns are (z, y, x) and get transposed). ``.npy`` and ``.npz`` arrays
+are taken as (x, y, z) and in HU for CT, with ``Preprocessing.array_spacing`` unless an
+``.npz`` holds a ``spacing`` array.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+from ..errors import DataError, InvalidInputError
+from .sources import DataSource, DataSummary, expand_source
+
+VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".npy", ".npz")
+DICOM_SUFFIXES = (".dcm", ".ima")
+CACHE_FORMAT = "1"
+_CACHE_DTYPE = np.float16
+# What a broken file makes the readers raise; anything else is a bug and propagates.
+_READ_ERRORS = (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, DataError)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How raw voxels become training voxels in [0, 1]."""
+
+    spacing: tuple[float, float, float] | float | None = (1.0, 1.0, 1.0)  # mm; None: as is
+    modality: str = "ct"  # "ct": fixed HU window; "mri": percentile window per volume
+    window: tuple[float, float] = (-1000.0, 1000.0)  # HU, CT only
+    percentiles: tuple[float, float] = (0.5, 99.5)  # MRI only
+    array_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)  # mm, for .npy/.npz
+
+    def __post_init__(self) -> None:
+        if isinstance(self.spacing, int | float):  # one number: isotropic
+            object.__setattr__(self, "spacing", (float(self.spacing),) * 3)
+        if self.modality not in ("ct", "mri"):
+            raise InvalidInputError(f"modality must be 'ct' or 'mri', not {self.modality!r}.")
+        if self.window[0] >= self.window[1] or self.percentiles[0] >= self.percentiles[1]:
+            raise InvalidInputError("window and percentiles must be (low, high) with low < high.")
+        if self.spacing is not None and min(self.spacing) <= 0:
+            raise InvalidInputError(f"spacing must be positive millimetres, not {self.spacing}.")
+
+
+class CachedVolume:
+    """A decoded volume in the cache, memory-mapped on first use.
+
+    It pickles as its path, so DataLoader workers (fork or spawn) share the page cache
+    instead of copying voxels. Supports ``shape`` and slicing like an array.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self._array: np.ndarray | None = None
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return self.array[key]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "_array": None}
+
+    def __repr__(self) -> str:
+        return f"CachedVolume({str(self.path)!r})"
+
+
+@dataclass
+class PreparedVolumes:
+    """The usable volumes of a data source, what was skipped, and how many were decoded now."""
+
+    volumes: list[CachedVolume]
+    paths: list[Path]
+    summary: DataSummary
+    decoded: int  # decoded by this call; the others came from the cache
+
+
+def find_volumes(source: DataSource) -> list[Path]:
+    """Volume files and DICOM series folders in a folder, glob, list file or sequence of them."""
+    return expand_source(source, _is_volume, "volumes (.nii, .nii.gz, .mhd, .npy, .npz, DICOM)")
+
+
+def read_volume(
+    path: str | os.PathLike, preprocessing: Preprocessing = Preprocessing()
+) -> np.ndarray:
+    """One volume as float32 in [0, 1], (x, y, z), resampled and windowed; no cache."""
+    image = _resample(_read_image(Path(path), preprocessing), preprocessing.spacing)
+    voxels = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return _window(voxels, preprocessing)
+
+
+def prepare_volumes(
+    source: DataSource,
+    preprocessing: Preprocessing = Preprocessing(),
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> PreparedVolumes:
+    """Find, decode (once) and memory-map every readable volume of ``source``.
+
+    An unreadable or truncated volume is skipped with a DataWarning naming it and is
+    counted in the summary; DataError when no volume is usable. ``cache_dir`` defaults
+    to ``$PCRLV2_HUB_CACHE/volumes`` (else ``~/.cache/pcrlv2_hub/volumes``).
+    """
+    paths = find_volumes(source)
+    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(
+            f"cannot create the volume cache {cache} ({error}); choose another "
+            f"folder with cache_dir (--cache-dir)."
+        ) from error
+    summary = DataSummary(found=len(paths))
+    volumes, used, decoded = [], [], 0
+    for path in tqdm(paths, desc="decoding volumes", unit="volume", disable=not progress):
+        target = cache / f"{_safe_stem(path)}-{_cache_key(path, preprocessing)}.npy"
+        if not target.exists():
+            try:
+                voxels = read_volume(path, preprocessing)
+            except _READ_ERRORS as error:
+                summary.skip(path, _reason(error))
+                continue
+            _save_atomically(target, voxels.astype(_CACHE_DTYPE))
+            decoded += 1
+        volumes.append(CachedVolume(target))
+        used.append(path)
+    if not volumes:
+        raise DataError(
+            f"none of the {len(paths)} volumes found in {source!s} could be read "
+            f"({summary}). Check that they are complete CT/MRI files in a supported format."
+        )
+    return PreparedVolumes(volumes, used, summary, decoded)
+
+
+def _is_volume(path: Path) -> bool:
+    if path.is_dir():
+        return _is_dicom_folder(path)
+    return path.name.lower().endswith(VOLUME_SUFFIXES)
+
+
+def _is_dicom_folder(folder: Path) -> bool:
+    """A folder holding DICOM files (by extension, or by the 'DICM' marker at byte 128)."""
+    for entry in os.scandir(folder):
+        if not entry.is_file():
+            continue
+        name = entry.name.lower()
+        if name.endswith(DICOM_SUFFIXES):
+            return True
+        if "." not in name:
+            with open(entry.path, "rb") as handle:
+                if handle.read(132)[128:] == b"DICM":
+                    return True
+    return False
+
+
+def _read_image(path: Path, preprocessing: Preprocessing) -> sitk.Image:
+    name = path.name.lower()
+    if path.is_dir():
+        return _read_dicom_series(path)
+    if name.endswith((".npy", ".npz")):
+        return _read_array(path, preprocessing.array_spacing)
+    if name.endswith((".nii", ".nii.gz")):
+        _check_nifti_complete(path)
+    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
+    if image.GetDimension() != 3:
+        raise DataError(f"it is a {image.GetDimension()}D image, not a 3D volume")
+    return image
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    """The series with the most slices (the scan, not a scout or a dose report)."""
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise DataError("no readable DICOM series in this folder")
+    files = max(
+        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len
+    )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    return reader.Execute()
+
+
+def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk.Image:
+    spacing = default_spacing
+    if path.name.lower().endswith(".npz"):
+        with np.load(path) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        if "spacing" in arrays:
+            spacing = tuple(float(s) for s in arrays.pop("spacing"))
+        if len(arrays) != 1 and not {"image", "volume"} & set(arrays):
+            raise DataError(
+                f"it holds several arrays {sorted(arrays)}; name the volume 'image' (and its "
+                f"spacing 'spacing')"
+            )
+        voxels = arrays.get("image", arrays.get("volume", next(iter(arrays.values()))))
+    else:
+        voxels = np.load(path)
+    voxels = np.squeeze(voxels)
+    if voxels.ndim != 3 or len(spacing) != 3:
+        raise DataError(f"it holds an array of shape {voxels.shape}, not one 3D volume")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.transpose(2, 1, 0), np.float32))
+    image.SetSpacing(spacing)
+    return image
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """ITK reads a truncated NIfTI without complaint (zero-filled voxels): refuse it here."""
+    if path.name.lower().endswith(".gz"):
+        with gzip.open(path) as stream:  # EOFError when the compressed stream is cut short
+            payload = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 24), b""))
+    else:
+        payload = path.stat().st_size
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
+    dims = [int(header[f"dim[{i}]"]) for i in range(1, int(header["dim[0]"]) + 1)]
+    needed = int(float(header["vox_offset"])) + math.prod(dims) * int(header["bitpix"]) // 8
+    if payload < needed:
+        raise DataError(f"truncated: {payload} bytes where its header needs {needed}")
+
+
+def _resample(image: sitk.Image, spacing: tuple[float, float, float] | None) -> sitk.Image:
+    """Linear resampling onto ``spacing``, keeping every sample inside the original extent."""
+    if spacing is None or np.allclose(image.GetSpacing(), spacing):
+        return image
+    extent = (np.array(image.GetSize()) - 1) * np.array(image.GetSpacing())
+    size = (np.floor(extent / np.array(spacing) + 1e-6).astype(int) + 1).tolist()
+    return sitk.Resample(
+        image,
+        size,
+        sitk.Transform(),
+        sitk.sitkLinear,
+        image.GetOrigin(),
+        spacing,
+        image.GetDirection(),
+        0.0,
+        sitk.sitkFloat32,
+    )
+
+
+def _window(voxels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    if preprocessing.modality == "ct":
+        low, high = preprocessing.window
+    else:
+        low, high = np.percentile(voxels, preprocessing.percentiles)
+        high = max(high, low + 1e-6)
+    scaled = (voxels.astype(np.float32) - low) / (high - low)
+    return np.clip(scaled, 0.0, 1.0, out=scaled)
+
+
+def _cache_key(path: Path, preprocessing: Preprocessing) -> str:
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    if path.name.lower().endswith(".mhd"):
+        files += [path.with_suffix(s) for s in (".raw", ".zraw") if path.with_suffix(s).exists()]
+    stamps = [(str(f.absolute()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    description = {"format": CACHE_FORMAT, "files": stamps, "preprocessing": asdict(preprocessing)}
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _safe_stem(path: Path) -> str:
+    stem = path.name.split(".")[0] or "volume"
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60]
+
+
+def _save_atomically(target: Path, array: np.ndarray) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.save(stream, array)
+        os.replace(temporary, target)
+    except OSError as error:
+        raise DataError(
+            f"cannot write the volume cache entry {target} ({error}); free some "
+            f"disk space or choose another cache_dir (--cache-dir)."
+        ) from error
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def _reason(error: Exception) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _default_cache_dir() -> Path:
+    root = os.environ.get("PCRLV2_HUB_CACHE")
+    if root is None:
+        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pcrlv2_hub"
+    return Path(root) / "volumes"
