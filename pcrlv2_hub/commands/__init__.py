@@ -6,6 +6,6 @@ parsed arguments; heavy imports happen inside the handlers so ``--help`` stays f
 
 from __future__ import annotations
 
-from . import finetune, hub
+from . import finetune, hub, pretrain
 
-COMMAND_MODULES: list = [hub, finetune]
+COMMAND_MODULES: list = [hub, finetune, pretrain]
