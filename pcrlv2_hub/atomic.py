@@ -22,6 +22,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     os.close(handle)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; weights and cards are for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
