@@ -14,8 +14,9 @@ Variants:
                     computes every restoration (all deep-supervision heads and the final
                     head), most of them unused
   ours_channels_last, ours_bf16, ours_bf16_compile
-                    ours with channels_last_3d memory, bf16 autocast (on a CPU only worth
-                    it with native bf16: AVX512-BF16 or AMX), and torch.compile
+                    ours with channels_last_3d memory (what ``pcrlv2-hub pretrain`` does by
+                    default; ``ours`` keeps contiguous tensors), bf16 autocast (on a CPU
+                    only worth it with native bf16: AVX512-BF16 or AMX), and torch.compile
 
 The data path is timed too: cutting the batch's sub-crops (DataLoader workers do this
 in parallel with the step) and corrupting it (in the training process).
