@@ -13,10 +13,15 @@ Variants:
   official_style    the same network and loss, computed the authors' way: every view
                     computes every restoration (all deep-supervision heads and the final
                     head), most of them unused
-  ours_channels_last, ours_bf16, ours_bf16_compile
-                    ours with channels_last_3d memory (what ``pcrlv2-hub pretrain`` does by
-                    default; ``ours`` keeps contiguous tensors), bf16 autocast (on a CPU
-                    only worth it with native bf16: AVX512-BF16 or AMX), and torch.compile
+  ours_recipes      ours with activations kept as recipes (``--recompute-activations``):
+                    the same gradients, less memory
+  ours_channels_last, ours_channels_last_recipes
+                    ours with channels_last_3d memory (``--channels-last``; ``ours`` keeps
+                    contiguous tensors), without and with recipes; the second is what
+                    ``pcrlv2-hub pretrain`` does by default
+  ours_bf16, ours_bf16_compile
+                    bf16 autocast (on a CPU only worth it with native bf16: AVX512-BF16
+                    or AMX), and with torch.compile
 
 The data path is timed too: cutting the batch's sub-crops (DataLoader workers do this
 in parallel with the step) and corrupting it (in the training process).
@@ -50,6 +55,7 @@ import torch
 from torch.utils.data import default_collate
 from torch.utils.flop_counter import FlopCounterMode
 
+from pcrlv2_hub.models.recompute import activations_as_recipes
 from pcrlv2_hub.models.registry import build_model
 from pcrlv2_hub.pretrain.crops import SubCropSampler
 from pcrlv2_hub.pretrain.dataset import SubCropDataset, corrupt_batch
@@ -71,7 +77,9 @@ SAMPLE = Path(__file__).parents[1] / "pcrlv2_hub" / "sample_data" / "chest_ct.ni
 VARIANTS: dict[str, dict[str, bool]] = {
     "ours": {},
     "official_style": {"official": True},
+    "ours_recipes": {"recipes": True},
     "ours_channels_last": {"channels_last": True},
+    "ours_channels_last_recipes": {"channels_last": True, "recipes": True},
     "ours_bf16": {"bf16": True},
     "ours_bf16_compile": {"bf16": True, "compile": True},
 }
@@ -128,8 +136,9 @@ def run_variant(variant: str, batch_size: int, steps: int, device: torch.device)
             cpu, tick = time.process_time(), time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             bf16 = options.get("bf16", False)
+            recipes = activations_as_recipes() if options.get("recipes") else nullcontext()
             with counter if step == 0 else nullcontext():  # count on the untimed warm-up
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), recipes:
                     out = forward(network, views, levels, deep_supervision_weight(0, 240))
                 out.total.backward()
             optimizer.step()
@@ -231,8 +240,10 @@ def main() -> None:
 
 def _default_variants(gpu: bool) -> list[str]:
     if gpu:
-        return ["ours", "ours_bf16", "ours_bf16_compile", "official_style"]
-    cpu = ["ours", "official_style", "ours_channels_last"]
+        return ["official_style", "ours", "ours_channels_last_recipes", "ours_bf16",
+                "ours_bf16_compile"]  # fmt: skip
+    cpu = ["official_style", "ours", "ours_recipes", "ours_channels_last",
+           "ours_channels_last_recipes"]  # fmt: skip
     return [*cpu, "ours_bf16"] if _has_native_bf16() else cpu
 
 

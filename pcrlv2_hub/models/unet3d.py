@@ -10,9 +10,9 @@ same when ``widths`` change.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import torch
-from timm.models import FeatureInfo
 from torch import Tensor, nn
 
 from ..errors import InvalidInputError
@@ -21,6 +21,10 @@ from .norms import norm3d
 from .outputs import PCRLv2Output
 from .padding import check_input_shape
 from .pyramid import PyramidStage, decode_pyramid
+from .recompute import keep_as_recipe, norm_relu
+
+if TYPE_CHECKING:
+    from timm.models import FeatureInfo
 
 DEFAULT_WIDTHS_3D = (64, 128, 256, 512)
 STAGE_NAMES_3D = ("down_tr64", "down_tr128", "down_tr256", "down_tr512")
@@ -38,6 +42,8 @@ class ConvNormAct3d(nn.Module):
         self.activation = activation
 
     def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.activation, nn.ReLU):
+            return norm_relu(self.bn1, self.conv1(x))
         return self.activation(self.bn1(self.conv1(x)))
 
 
@@ -71,7 +77,9 @@ class DecoderStage3D(PyramidStage):
         self.deep_supervision_head = ConvNormAct3d(width, 1, norm, nn.Sigmoid())
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.ops(self.up_conv(x))
+        upsampled = self.up_conv(x)
+        keep_as_recipe(upsampled, lambda: self.up_conv(x))  # 8x the size of its input
+        return self.ops(upsampled)
 
 
 class OutputHead3D(nn.Module):
@@ -112,12 +120,19 @@ class Encoder3D(nn.Module):
         for name, width in zip(STAGE_NAMES_3D, widths, strict=True):
             self.add_module(name, EncoderStage3D(previous, width, norm))
             previous = width
-        self.feature_info = FeatureInfo(
+
+    @property
+    def feature_info(self) -> FeatureInfo:
+        """Built when asked for: importing timm (and torchvision) costs 2 s and 0.2 GB that
+        3D pretraining and inference have no other use for."""
+        from timm.models import FeatureInfo
+
+        return FeatureInfo(
             [
                 {"num_chs": w, "reduction": 2**i, "module": n}
-                for i, (n, w) in enumerate(zip(STAGE_NAMES_3D, widths, strict=True))
+                for i, (n, w) in enumerate(zip(STAGE_NAMES_3D, self.widths, strict=True))
             ],
-            out_indices=range(len(widths)),
+            out_indices=range(len(self.widths)),
         )
 
     @property

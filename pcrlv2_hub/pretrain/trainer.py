@@ -46,6 +46,7 @@ from tqdm import tqdm
 
 from ..atomic import write_text_atomic
 from ..errors import CheckpointError, DownloadError, InvalidInputError, TrainingDivergedError
+from ..models.recompute import activations_as_recipes
 from ..models.registry import build_model
 from . import distributed, report
 from .checkpoint import (
@@ -76,8 +77,9 @@ RUN_CONFIG = "config.json"
 EXPORT = "export"
 TERMS = RESTORATION_TERMS + COMPARISON_TERMS
 RESUME_MAY_CHANGE = frozenset(
-    {"output", "workers", "progress", "export", "compile", "cache_dir", "checkpoint_every"}
-)
+    {"output", "workers", "progress", "export", "compile", "cache_dir", "checkpoint_every",
+     "recompute_activations"}
+)  # fmt: skip
 """Settings that do not change the math, so a resumed run may use other values."""
 _FILES_HASHED = 64  # provenance lists each data file's sha256 up to this many files
 _LEVEL_STREAM, _CORRUPTION_STREAM = 0, 1
@@ -377,7 +379,8 @@ class Trainer:
             views = self._on_device(corrupt_batch(batch, generator, self.view_config))
             last = index == len(micro_batches) - 1
             with self._gradient_sync(last), self._autocast():
-                out = self.objective(views, levels, beta)
+                with self._activation_recipes():
+                    out = self.objective(views, levels, beta)
                 self.scaler.scale(out.total / len(micro_batches)).backward()
             sums[: len(TERMS)] += torch.stack([out.terms[t].detach().float() for t in TERMS])
             sums[len(TERMS)] += out.total.detach().float()
@@ -414,6 +417,11 @@ class Trainer:
         if precision == "fp32":
             return nullcontext()
         return torch.autocast(self.device.type, dtype=_AUTOCAST[precision])
+
+    def _activation_recipes(self) -> Any:
+        if self.config.recompute_activations and not self.config.compile:
+            return activations_as_recipes()
+        return nullcontext()
 
     def _on_device(self, views: ViewBatch) -> ViewBatch:
         if not self.config.channels_last:
