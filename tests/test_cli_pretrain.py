@@ -52,12 +52,18 @@ def test_demo_chain_3d(tmp_path, cache, capsys):
     assert model.widths == (4, 8, 8, 16)
 
 
-def test_demo_chain_2d(tmp_path, capsys):
-    output = tmp_path / "demo2d"
-    argv = ["pretrain", "--dim", "2", "--output", str(output), "--widths", "8,8,8,8,8",
+def test_demo_chain_2d_moves_aside_from_an_earlier_demo(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    earlier = tmp_path / "pcrlv2_pretrain" / LAST  # the default folder of an earlier demo
+    earlier.parent.mkdir()
+    earlier.write_bytes(b"an earlier run")
+    output = tmp_path / "pcrlv2_pretrain_2"
+    argv = ["pretrain", "--dim", "2", "--widths", "8,8,8,8,8",
             "--view", "global_size=32", "--view", "local_size=32", "--batch-size", "2"]  # fmt: skip
     assert main([*argv, *SHORT]) == 0
     printed = capsys.readouterr().out
+    assert "written to pcrlv2_pretrain_2." in printed
+    assert earlier.read_bytes() == b"an earlier run"
     assert "Data: 24 of 24 files used." in printed
     assert "  stride 32: (1, 512, 2, 2) (512 channels)" in printed
     model = pcrlv2_hub.load(weights=output / "export" / "model.safetensors")

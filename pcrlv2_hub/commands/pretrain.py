@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -15,7 +16,8 @@ rate per epoch, 240 epochs); a --config JSON file sets any of them, and flags ov
 
 Without --data (and no data in --config) a short demo runs on the real CT (or, with
 --dim 2, X-ray) samples shipped with the package, exports, loads the export with
-pcrlv2_hub and prints its encoder's feature shapes.
+pcrlv2_hub and prints its encoder's feature shapes. Run again, it writes to
+pcrlv2_pretrain_2, _3 ... rather than refusing the folder of the earlier demo.
 
 Many GPUs or nodes: launch the same command with torchrun, e.g.
   torchrun --nproc_per_node 8 -m pcrlv2_hub.cli pretrain --data DIR
@@ -71,13 +73,14 @@ def pretrain_command(args: argparse.Namespace) -> int:
     if args.resume:
         base = read_run_config(given.output)
     elif given.data is None:
-        base = demo_settings(given.dim)
+        base = {**demo_settings(given.dim), "output": _unused_output(given.output)}
     else:
         base = {}
     config = config_from_arguments(args, base)
     demo = not args.resume and given.data is None
     if demo:
-        print(f"No --data: a short demo on the {config.dim}D samples in {config.data}.")
+        print(f"No --data: a short demo on the {config.dim}D samples in {config.data}, "
+              f"written to {config.output}.")  # fmt: skip
     summary = pretrain(config, resume=args.resume, command=" ".join(["pcrlv2-hub", *sys.argv[1:]]))
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for everyone
@@ -96,6 +99,18 @@ def pretrain_command(args: argparse.Namespace) -> int:
         if demo:
             _show_features(summary.export, config.dim)
     return 0
+
+
+def _unused_output(folder: str) -> str:
+    """``folder``, or the first of ``folder_2``, ``folder_3`` ... that holds no run yet.
+
+    Only the demo's folder moves aside like this (an --output given on the command line
+    or in --config still wins over it); a real run never silently changes folders.
+    """
+    from ..pretrain.checkpoint import LAST
+
+    candidates = itertools.chain([folder], (f"{folder}_{n}" for n in itertools.count(2)))
+    return next(c for c in candidates if not (Path(c) / LAST).exists())
 
 
 def _show_features(weights: str, dim: int) -> None:
