@@ -21,6 +21,7 @@ from pcrlv2_hub.pretrain.crops import SubCropSampler
 from pcrlv2_hub.pretrain.dataset import SubCropDataset, corrupt_batch
 from pcrlv2_hub.pretrain.losses import draw_levels, pcrlv2_loss
 from pcrlv2_hub.pretrain.views import ViewBatch, ViewConfig3D
+from pcrlv2_hub.pretrain.views2d import read_image
 from pcrlv2_hub.pretrain.volumes import prepare_volumes
 
 VIEWS = ViewConfig3D(global_size=(32, 32, 16), local_size=(8, 8, 8), num_locals=3)
@@ -135,3 +136,20 @@ def test_sync_batchnorm_is_not_replayed_while_training():
     assert not replayable(sync.train())
     assert replayable(sync.eval())
     assert replayable(nn.BatchNorm3d(4).train())
+
+
+def test_the_2d_decoder_gives_the_plain_gradients():
+    """The 2D network's decoder blocks keep their outputs as recipes too."""
+    torch.manual_seed(0)
+    plain = build_model("pcrlv2_unet2d", decoder_widths=[16, 8, 8, 8, 8]).train()
+    lean = copy.deepcopy(plain)
+    pngs = sorted((SAMPLE_DATA / "chestxray").glob("*/*.png"))[:2]  # real 64x64 X-rays
+    images = torch.stack([read_image(path) for path in pngs]).float().div(255)
+    grads = []
+    for model, recipes in ((plain, False), (lean, True)):
+        with activations_as_recipes() if recipes else nullcontext():
+            out = model(images, supervise=[4])
+        (out.restoration.square().mean() + out.levels[4].restoration.abs().mean()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])

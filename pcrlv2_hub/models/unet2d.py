@@ -20,6 +20,7 @@ from .heads import prediction_mlp, projection_norm
 from .outputs import PCRLv2Output
 from .padding import check_input_shape
 from .pyramid import PyramidStage, decode_pyramid
+from .recompute import keep_as_recipe, norm_relu
 
 DEFAULT_DECODER_WIDTHS_2D = (256, 128, 64, 32, 16)
 STRIDE_2D = 32  # ResNet-18's deepest map; five x2 upsamplings bring it back to full size
@@ -30,13 +31,20 @@ def resnet18_encoder(in_channels: int = 3) -> nn.Module:
     return timm.create_model("resnet18", features_only=True, pretrained=False, in_chans=in_channels)
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
-    """3x3 convolution (no bias: BN follows), BN, ReLU (smp's ``Conv2dReLU``)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
+class ConvBNReLU2d(nn.Sequential):
+    """3x3 convolution (no bias: BN follows), BN, ReLU (smp's ``Conv2dReLU``); a
+    Sequential for the official names, its output kept as a recipe (``recompute.py``)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        conv, norm, _ = self
+        return norm_relu(norm, conv(x))
 
 
 class DecoderStage2D(PyramidStage):
@@ -45,8 +53,8 @@ class DecoderStage2D(PyramidStage):
     def __init__(self, in_channels: int, width: int, out_channels: int):
         super().__init__()
         self.upsample = nn.Upsample(scale_factor=2, mode="nearest")
-        self.conv1 = _conv_bn_relu(in_channels, width)
-        self.conv2 = _conv_bn_relu(width, width)
+        self.conv1 = ConvBNReLU2d(in_channels, width)
+        self.conv2 = ConvBNReLU2d(width, width)
         self.bn = projection_norm(width)
         self.deep_supervision_head = nn.Sequential(
             nn.Conv2d(width, width, kernel_size=3, padding=1),
@@ -57,7 +65,9 @@ class DecoderStage2D(PyramidStage):
         self.predictor_head = prediction_mlp(width)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv2(self.conv1(self.upsample(x)))
+        upsampled = self.upsample(x)
+        keep_as_recipe(upsampled, lambda: self.upsample(x))  # 4x the size of its input
+        return self.conv2(self.conv1(upsampled))
 
 
 class Decoder2D(nn.Module):

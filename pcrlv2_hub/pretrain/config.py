@@ -86,9 +86,9 @@ HELP = {
     "checkpoint_every": "optimiser steps between checkpoints (and report PNGs)",
     "precision": f"{', '.join(PRECISIONS)}; fp16 needs CUDA",
     "channels_last": "channels-last memory format",
-    "recompute_activations": "3D: keep normalised/ReLU and upsampled activations for backward "
-    "as recipes, rebuilt when needed: the same gradients with about half the activation "
-    "memory, for some elementwise work (not with --compile, which plans its own)",
+    "recompute_activations": "keep normalised/ReLU and upsampled activations (2D: the "
+    "decoder's) for backward as recipes, rebuilt when needed: the same gradients, less "
+    "memory, some elementwise work (not with --compile, which plans its own)",
     "compile": "torch.compile the network",
     "device": f"{', '.join(DEVICES)} (auto: CUDA when available)",
     "seed": "seed of every random draw: a run replays exactly",
