@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from pcrlv2_hub.pretrain.crops import SubCropSampler
@@ -68,6 +69,27 @@ def test_crops_have_the_view_shapes_and_hold_the_volume_voxels(chest):
     start, stop = crops.local_boxes[0]
     expected = chest[tuple(map(slice, start, stop))].astype(np.float32)
     np.testing.assert_array_equal(crops.locals[0, 0].numpy(), expected)
+
+
+def test_larger_boxes_are_resized_trilinearly(chest):
+    """Cut from the memory-mapped cache, crops equal the resized copy of their box."""
+    sampler = SubCropSampler(CONFIG)
+    for seed in range(3):
+        crops = sampler(chest, np.random.default_rng(seed))
+        kinds = (
+            (crops.globals, crops.global_boxes, CONFIG.global_size),
+            (crops.locals, crops.local_boxes, CONFIG.local_size),
+        )
+        for views, boxes, size in kinds:
+            for crop, (start, stop) in zip(views, boxes, strict=True):
+                region = np.ascontiguousarray(chest[tuple(map(slice, start, stop))], np.float32)
+                expected = F.interpolate(
+                    torch.from_numpy(region)[None, None],
+                    size,
+                    mode="trilinear",
+                    align_corners=False,
+                )
+                torch.testing.assert_close(crop, expected[0])
 
 
 def test_a_volume_smaller_than_the_crops_is_zero_padded():
