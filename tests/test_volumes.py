@@ -91,6 +91,7 @@ def test_each_volume_is_decoded_once_then_served_from_the_cache(tmp_path):
     written = entry.stat().st_mtime_ns
     expected = np.asarray(first.volumes[0].array, np.float32)
     np.testing.assert_allclose(expected, read_volume(ABDOMEN), atol=5e-4)  # float16 cache
+    assert first.volumes[0].array.flags.c_contiguous  # crops read contiguous runs
     coarse = prepare_volumes(source.parent, Preprocessing(spacing=(2, 2, 2)), cache_dir=cache)
     assert coarse.decoded == 1  # another preprocessing, another entry
     assert len(list(cache.iterdir())) == 2  # and no temporary file left behind

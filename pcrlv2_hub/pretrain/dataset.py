@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,7 +22,11 @@ from ..errors import InvalidInputError
 from .corruptions import corrupt_views_3d
 from .crops import SubCropSampler, Volume
 from .views import ViewBatch, ViewConfig2D, ViewConfig3D
-from .views2d import ImageViewSampler, corrupt_views_2d, read_image
+
+if TYPE_CHECKING:
+    from .views2d import ImageViewSampler
+
+# views2d (torchvision, PIL) is imported where 2D work starts: 3D runs have no use for it.
 
 
 class _SeededItems(Dataset):
@@ -94,6 +99,8 @@ class ImageViewDataset(_SeededItems):
         self.sampler = sampler
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
+        from .views2d import read_image
+
         path, rng = self._source_and_rng(index)
         return self.sampler(read_image(path), rng)
 
@@ -114,5 +121,8 @@ def corrupt_batch(
             f"a {dimensions}D recipe needs batches of shape (B, views, C, {dimensions} sizes); "
             f"got globals {tuple(globals_.shape)} and locals {tuple(locals_.shape)}."
         )
-    corrupt = corrupt_views_3d if dimensions == 3 else corrupt_views_2d
-    return corrupt(globals_, locals_, generator, config)
+    if dimensions == 3:
+        return corrupt_views_3d(globals_, locals_, generator, config)
+    from .views2d import corrupt_views_2d
+
+    return corrupt_views_2d(globals_, locals_, generator, config)

@@ -6,7 +6,8 @@ volume is resampled to 1 mm (linear), clipped to the CT window [-1000, 1000] HU 
 scaled to [0, 1] as the authors did; MRI gets a percentile window instead. The result is
 written once as a float16 ``.npy`` in a cache keyed by the file's path, size and
 modification time and by the preprocessing, so epochs read memory-mapped voxels and
-never decompress again (float16 halves the cache and keeps ~1 HU resolution).
+never decompress again (float16 halves the cache and keeps ~1 HU resolution). The cache
+is C-ordered, (x, y, z) with z fastest, so that a crop reads contiguous runs of voxels.
 
 Arrays are indexed (x, y, z), like the authors' (SimpleITK's index order; the NumPy
 arrays SimpleITK returns are (z, y, x) and get transposed). ``.npy`` and ``.npz`` arrays
@@ -36,7 +37,7 @@ from .sources import DataSource, DataSummary, expand_source
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".npy", ".npz")
 DICOM_SUFFIXES = (".dcm", ".ima")
-CACHE_FORMAT = "1"
+CACHE_FORMAT = "2"  # 2: C order (1 kept the transposed SimpleITK layout)
 _CACHE_DTYPE = np.float16
 # What a broken file makes the readers raise; anything else is a bug and propagates.
 _READ_ERRORS = (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, DataError)
@@ -149,7 +150,7 @@ def prepare_volumes(
             except _READ_ERRORS as error:
                 summary.skip(path, _reason(error))
                 continue
-            _save_atomically(target, voxels.astype(_CACHE_DTYPE))
+            _save_atomically(target, np.ascontiguousarray(voxels, dtype=_CACHE_DTYPE))
             decoded += 1
         volumes.append(CachedVolume(target))
         used.append(path)
