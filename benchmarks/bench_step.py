@@ -16,9 +16,8 @@ Variants:
   ours_recipes      ours with activations kept as recipes (``--recompute-activations``):
                     the same gradients, less memory
   ours_channels_last, ours_channels_last_recipes
-                    ours with channels_last_3d memory (``--channels-last``; ``ours`` keeps
-                    contiguous tensors), without and with recipes; the second is what
-                    ``pcrlv2-hub pretrain`` does by default
+                    ours with channels_last_3d memory (``ours`` keeps contiguous tensors),
+                    without recipes (what ``pcrlv2-hub pretrain`` does by default) and with
   ours_bf16, ours_bf16_compile
                     bf16 autocast (on a CPU only worth it with native bf16: AVX512-BF16
                     or AMX), and with torch.compile
@@ -53,7 +52,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import default_collate
-from torch.utils.flop_counter import FlopCounterMode
 
 from pcrlv2_hub.models.recompute import activations_as_recipes
 from pcrlv2_hub.models.registry import build_model
@@ -117,37 +115,51 @@ def run_variant(variant: str, batch_size: int, steps: int, device: torch.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
     forward = official_style_loss if options.get("official") else pcrlv2_loss
     timings: dict[str, list[float]] = {"step": [], "cpu": [], "crops": [], "corruptions": []}
-    counter = FlopCounterMode(display=False)
+
+    def train_step(step: int) -> tuple[LossOutput, dict[str, float]]:
+        started = time.perf_counter()
+        batch = default_collate([dataset[step * batch_size + i] for i in range(batch_size)])
+        cropped = time.perf_counter()
+        views = corrupt_batch(batch, torch.Generator(device).manual_seed(step), config)
+        _synchronize(device)
+        corrupted = time.perf_counter()
+        if memory_format is not None:
+            views = ViewBatch(*(t.contiguous(memory_format=memory_format) for t in (
+                views.inputs1, views.inputs2, views.targets1, views.targets2, views.locals
+            )))  # fmt: skip
+        levels = draw_levels(torch.Generator().manual_seed(step), 3, config.num_locals)
+        cpu, tick = time.process_time(), time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        bf16 = options.get("bf16", False)
+        recipes = activations_as_recipes() if options.get("recipes") else nullcontext()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), recipes:
+            out = forward(network, views, levels, deep_supervision_weight(0, 240))
+        out.total.backward()
+        optimizer.step()
+        _synchronize(device)
+        return out, {
+            "step": time.perf_counter() - tick,
+            "cpu": time.process_time() - cpu,
+            "crops": cropped - started,
+            "corruptions": corrupted - cropped,
+        }
+
     with tempfile.TemporaryDirectory() as cache:
         volumes = prepare_volumes(SAMPLE, cache_dir=cache).volumes
         dataset = SubCropDataset(volumes, SubCropSampler(config), 10_000, seed=0)
+        memory_before = _peak_memory_gb(device)  # imports, network, optimiser, data
         for step in range(steps + 1):
-            started = time.perf_counter()
-            batch = default_collate([dataset[step * batch_size + i] for i in range(batch_size)])
-            cropped = time.perf_counter()
-            views = corrupt_batch(batch, torch.Generator(device).manual_seed(step), config)
-            _synchronize(device)
-            corrupted = time.perf_counter()
-            if memory_format is not None:
-                views = ViewBatch(*(t.contiguous(memory_format=memory_format) for t in (
-                    views.inputs1, views.inputs2, views.targets1, views.targets2, views.locals
-                )))  # fmt: skip
-            levels = draw_levels(torch.Generator().manual_seed(step), 3, config.num_locals)
-            cpu, tick = time.process_time(), time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            bf16 = options.get("bf16", False)
-            recipes = activations_as_recipes() if options.get("recipes") else nullcontext()
-            with counter if step == 0 else nullcontext():  # count on the untimed warm-up
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16), recipes:
-                    out = forward(network, views, levels, deep_supervision_weight(0, 240))
-                out.total.backward()
-            optimizer.step()
-            _synchronize(device)
+            out, timing = train_step(step)
             if step:  # the first step warms up oneDNN/cuDNN, the allocator (and compiles)
-                timings["step"].append(time.perf_counter() - tick)
-                timings["cpu"].append(time.process_time() - cpu)
-                timings["crops"].append(cropped - started)
-                timings["corruptions"].append(corrupted - cropped)
+                for name, seconds in timing.items():
+                    timings[name].append(seconds)
+        peak_memory = _peak_memory_gb(device)
+        # FLOPs on one more step, after the peak is read: the counter's imports take 80 MB
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False)
+        with counter:
+            train_step(steps + 1)
     median = {name: statistics.median(values) for name, values in timings.items()}
     result = {
         "variant": variant,
@@ -159,7 +171,8 @@ def run_variant(variant: str, batch_size: int, steps: int, device: torch.device)
         "samples_per_second": round(batch_size / median["step"], 3),
         "tflop_per_step": round(counter.get_total_flops() / 1e12, 4),
         "achieved_gflop_per_s": round(counter.get_total_flops() / 1e9 / median["step"], 1),
-        "peak_memory_gb": round(_peak_memory_gb(device), 2),
+        "peak_memory_gb": round(peak_memory, 2),
+        "peak_memory_before_the_first_step_gb": round(memory_before, 2),
         "data_crops_seconds_per_batch": round(median["crops"], 3),
         "data_corruptions_seconds_per_batch": round(median["corruptions"], 3),
         "loss": round(out.total.item(), 4),

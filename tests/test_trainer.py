@@ -130,12 +130,12 @@ def test_resume_continues_bitwise(tmp_path, cache_dir):
     straight = pretrain(tiny_3d(tmp_path / "a", cache_dir, steps_per_epoch=3, export=False))
     assert load_checkpoint(tmp_path / "a" / PREVIOUS)["step"] == 4
     # the same run stopped after 4 steps, resumed in another folder with other workers,
-    # and with every activation stored as a value rather than as a recipe: the same math
+    # and with activations kept as recipes rather than values: the same math
     copy = _resumable_copy(tmp_path / "a", tmp_path / "a" / PREVIOUS, tmp_path / "b")
     resumed = pretrain(
         tiny_3d(
             copy, cache_dir, steps_per_epoch=3, export=False, workers=2,
-            recompute_activations=False,
+            recompute_activations=True,
         ),
         resume=True,
     )  # fmt: skip
