@@ -16,25 +16,25 @@ from ..errors import InvalidInputError, UnknownModelError
 from .unet3d import Encoder3D, PCRLv2UNet3D
 
 
-def _unet2d(**arguments: Any) -> nn.Module:
-    from .unet2d import PCRLv2UNet2D  # timm and torchvision load only for 2D networks
+def _from_unet2d(name: str) -> Callable[..., nn.Module]:
+    """A constructor from ``unet2d``, imported on first use: timm and torchvision load
+    only for 2D networks."""
 
-    return PCRLv2UNet2D(**arguments)
+    def build(**arguments: Any) -> nn.Module:
+        from . import unet2d
 
+        return getattr(unet2d, name)(**arguments)
 
-def _resnet18_encoder(**arguments: Any) -> nn.Module:
-    from .unet2d import resnet18_encoder
-
-    return resnet18_encoder(**arguments)
+    return build
 
 
 # The encoder-only entries name weights files that hold just an encoder: the official 2D
 # checkpoint (timm/torchvision ResNet-18 names minus ``fc``), or an exported 3D encoder.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "pcrlv2_unet3d": PCRLv2UNet3D,
-    "pcrlv2_unet2d": _unet2d,
+    "pcrlv2_unet2d": _from_unet2d("PCRLv2UNet2D"),
     "pcrlv2_encoder3d": Encoder3D,
-    "pcrlv2_resnet18_encoder": _resnet18_encoder,
+    "pcrlv2_resnet18_encoder": _from_unet2d("resnet18_encoder"),
 }
 
 

@@ -9,9 +9,8 @@ DataLoader workers or of distributed processes. Call ``set_epoch`` each epoch, a
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -20,7 +19,7 @@ from torch.utils.data import Dataset
 
 from ..errors import InvalidInputError
 from .corruptions import corrupt_views_3d
-from .crops import SubCropSampler, Volume
+from .crops import SubCropSampler
 from .views import ViewBatch, ViewConfig2D, ViewConfig3D
 
 if TYPE_CHECKING:
@@ -30,14 +29,16 @@ if TYPE_CHECKING:
 
 
 class _SeededItems(Dataset):
-    """``items_per_epoch`` items per epoch, item ``i`` drawn from a generator seeded by it."""
+    """``items_per_epoch`` items per epoch, item ``i`` drawn from a generator seeded by it
+    and made by ``sampler`` from source ``i % len(sources)``."""
 
-    def __init__(self, sources: Sequence, items_per_epoch: int, seed: int):
+    def __init__(self, sources: Sequence, sampler: Any, items_per_epoch: int, seed: int = 0):
         if not sources:
             raise InvalidInputError("a pretraining dataset needs at least one volume or image.")
         if items_per_epoch < 1:
             raise InvalidInputError(f"items_per_epoch must be positive, not {items_per_epoch}.")
         self.sources = sources
+        self.sampler = sampler
         self.items_per_epoch = items_per_epoch
         self.seed = seed
         self.epoch = 0
@@ -61,19 +62,11 @@ class SubCropDataset(_SeededItems):
     """Clean 3D sub-crops: item ``i`` is ``{"globals": (2, 1, *G), "locals": (L, 1, *Ls)}``.
 
     Float32 in [0, 1] with the default ``G`` = (64, 64, 32), ``L`` = 6, ``Ls`` = 16^3;
-    volume ``i % len(volumes)`` is cut. ``volumes`` are (x, y, z) arrays or
+    the sources are (x, y, z) arrays or
     :class:`~pcrlv2_hub.pretrain.volumes.CachedVolume` entries.
     """
 
-    def __init__(
-        self,
-        volumes: Sequence[Volume],
-        sampler: SubCropSampler,
-        items_per_epoch: int,
-        seed: int = 0,
-    ):
-        super().__init__(volumes, items_per_epoch, seed)
-        self.sampler = sampler
+    sampler: SubCropSampler
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         volume, rng = self._source_and_rng(index)
@@ -84,19 +77,11 @@ class SubCropDataset(_SeededItems):
 class ImageViewDataset(_SeededItems):
     """Clean 2D views: item ``i`` is ``{"globals": (2, 3, S, S), "locals": (L, 3, s, s)}``.
 
-    Float32 in [0, 1], S = 224, s = 96 and L = 6 by default: random resized crops of
-    image ``i % len(images)`` with their rotation and flip (the spatial part of the view).
+    Float32 in [0, 1], S = 224, s = 96 and L = 6 by default: random resized crops of the
+    source image (a path) with their rotation and flip (the spatial part of the view).
     """
 
-    def __init__(
-        self,
-        images: Sequence[str | os.PathLike],
-        sampler: ImageViewSampler,
-        items_per_epoch: int,
-        seed: int = 0,
-    ):
-        super().__init__(images, items_per_epoch, seed)
-        self.sampler = sampler
+    sampler: ImageViewSampler
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         from .views2d import read_image
