@@ -1,8 +1,9 @@
 """The paper's sub-crops of one volume, cut on the fly: two global views and their locals.
 
 Globals: two boxes at random scales (by default 96x96x64, 96x96x96, 112x112x64 or
-64x64x32 voxels) placed uniformly in the volume and kept only when their IoU exceeds 0.3,
-each resized to 64x64x32. Locals: six boxes at random scales (32x32x16, 16^3, 32^3, 8^3)
+64x64x32 voxels) placed uniformly in the volume and kept only when their IoU exceeds 0.3
+(and, with ``min_tissue``, when each holds that share of tissue: ``tissue.py``), each
+resized to 64x64x32. Locals: six boxes at random scales (32x32x16, 16^3, 32^3, 8^3)
 inside the union of the two global boxes, resized to 16^3. A box larger than the volume
 along an axis covers that whole axis, and the rest is zero (air, after CT windowing).
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .tissue import TissueMap
 from .views import ViewConfig3D
 
 
@@ -59,10 +61,12 @@ class SubCropSampler:
         self.candidates = candidates
         self.max_rounds = max_rounds
         self._global_scales = np.array(config.global_scales)
+        self._tissue_maps: dict[str, TissueMap] = {}
         self._local_scales = np.array(config.local_scales)
 
     def __call__(self, volume: Volume, rng: np.random.Generator) -> SubCrops:
-        global_boxes, local_boxes = self.boxes(volume.shape[:3], rng)
+        tissue = self._tissue_map(volume) if self.config.min_tissue > 0 else None
+        global_boxes, local_boxes = self.boxes(volume.shape[:3], rng, tissue)
         return SubCrops(
             globals=torch.stack([_crop(volume, b, self.config.global_size) for b in global_boxes]),
             locals=torch.stack([_crop(volume, b, self.config.local_size) for b in local_boxes]),
@@ -71,11 +75,14 @@ class SubCropSampler:
         )
 
     def boxes(
-        self, shape: tuple[int, ...], rng: np.random.Generator
+        self, shape: tuple[int, ...], rng: np.random.Generator, tissue: TissueMap | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Where to cut in a volume of ``shape``: global boxes (2, 2, 3), locals (L, 2, 3)."""
+        """Where to cut in a volume of ``shape``: global boxes (2, 2, 3), locals (L, 2, 3).
+
+        With ``tissue`` (the volume's map), global crops must hold ``min_tissue`` of tissue.
+        """
         shape = np.array(shape)
-        global_boxes = self._global_boxes(shape, rng)
+        global_boxes = self._global_boxes(shape, rng, tissue)
         union_low = np.clip(global_boxes[:, 0].min(axis=0), 0, shape)
         union_high = np.clip(global_boxes[:, 1].max(axis=0), 0, shape)
         scales = self._local_scales[
@@ -84,16 +91,32 @@ class SubCropSampler:
         starts = _random_starts(union_low, union_high, scales, rng)
         return global_boxes, np.stack([starts, starts + scales], axis=1)
 
-    def _global_boxes(self, shape: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def _global_boxes(
+        self, shape: np.ndarray, rng: np.random.Generator, tissue: TissueMap | None
+    ) -> np.ndarray:
         scales = self._global_scales
+        low, high = (tissue.low, tissue.high) if tissue is not None else (0, shape)
         for _ in range(self.max_rounds):
             sizes = scales[rng.integers(len(scales), size=(self.candidates, 2))]
-            starts = _random_starts(0, shape, sizes, rng)
+            starts = _random_starts(low, high, sizes, rng)
             pairs = np.stack([starts, starts + sizes], axis=2)  # (candidates, 2, 2, 3)
-            accepted = np.flatnonzero(box_iou(pairs[:, 0], pairs[:, 1]) > self.config.min_iou)
+            good = box_iou(pairs[:, 0], pairs[:, 1]) > self.config.min_iou
+            if tissue is not None:
+                good &= (tissue.share(pairs) >= self.config.min_tissue).all(axis=1)
+            accepted = np.flatnonzero(good)
             if accepted.size:
                 return pairs[accepted[0]]
+        if tissue is not None:  # none had enough tissue: the box with the most, twice
+            boxes = pairs.reshape(-1, 2, 3)
+            return boxes[[np.argmax(tissue.share(boxes))] * 2]
         return pairs[0, [0, 0]]
+
+    def _tissue_map(self, volume: Volume) -> TissueMap:
+        """The volume's tissue map, computed once per volume (by cache path, else object)."""
+        key = str(getattr(volume, "path", id(volume)))
+        if key not in self._tissue_maps:
+            self._tissue_maps[key] = TissueMap(volume, self.config.tissue_level)
+        return self._tissue_maps[key]
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:

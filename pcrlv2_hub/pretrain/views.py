@@ -30,6 +30,10 @@ class ViewConfig3D:
     global_size: Size3D = (64, 64, 32)
     global_scales: tuple[Size3D, ...] = ((96, 96, 64), (96, 96, 96), (112, 112, 64), (64, 64, 32))
     min_iou: float = 0.3
+    min_tissue: float = 0.0
+    """Share of each global crop's voxels that must lie above ``tissue_level`` (0: any
+    crop, as the paper's defaults state; see ``tissue.py``)."""
+    tissue_level: float = 0.05  # in the [0, 1] voxel scale: -900 HU with the CT window
     local_size: Size3D = (16, 16, 16)
     local_scales: tuple[Size3D, ...] = ((32, 32, 16), (16, 16, 16), (32, 32, 32), (8, 8, 8))
     num_locals: int = 6
@@ -46,7 +50,7 @@ class ViewConfig3D:
     swap_count: int = 100  # patch pairs swapped in each global input; 0 switches it off
 
     def __post_init__(self) -> None:
-        _check_probabilities(self, "flip_probability")
+        _check_probabilities(self, "flip_probability", "min_tissue")
         _check_ranges(self, "scale_range", "blur_sigma", "noise_std", "log_gamma")
         sizes = [self.global_size, self.local_size, self.swap_patch]
         sizes += [*self.global_scales, *self.local_scales]
