@@ -92,11 +92,14 @@ def write_release(
     *,
     name: str,
     card_sections: dict[str, str] | None = None,
+    input_spec: dict[str, Any] | None = None,
 ) -> Release:
     """Write ``model.safetensors``, ``README.md`` and ``manifest_entry.json`` to ``out_dir``.
 
     ``card_sections`` (title -> Markdown) replace or extend the card's default sections;
-    ``provenance`` may carry ``pretraining_data`` and ``recipe``, copied to the manifest.
+    ``provenance`` may carry ``pretraining_data`` and ``recipe``, copied to the manifest;
+    ``input_spec`` overrides values of the dimension's default input description (what a
+    run with other preprocessing or view sizes was trained on).
     """
     out_dir = Path(out_dir)
     weights_path = save_weights(
@@ -115,7 +118,7 @@ def write_release(
         "architecture": architecture,
         "arguments": arguments,
         "component": "encoder" if architecture.endswith("_encoder") else "full",
-        "input": {**INPUT_SPECS[dimension], "channels": in_channels},
+        "input": {**INPUT_SPECS[dimension], **(input_spec or {}), "channels": in_channels},
         "weights": {
             "repo_id": None,
             "filename": WEIGHTS_NAME,

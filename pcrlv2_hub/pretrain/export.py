@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..errors import InvalidInputError, UploadError
 from ..publish import CARD_NAME, SNIPPET_NAME, WEIGHTS_NAME, Release, write_release
 from .checkpoint import load_checkpoint
@@ -71,7 +73,38 @@ def export_checkpoint(
         provenance,
         name=name,
         card_sections=sections,
+        input_spec=input_spec(config),
     )
+
+
+def input_spec(config: PretrainConfig) -> dict[str, Any]:
+    """What the run's network saw: its preprocessing and the size of its global views."""
+    if config.dim != 3:
+        return {"patch_size": [config.view_config().global_size] * 2}
+    preprocessing = config.volume_preprocessing()
+    spacing = list(preprocessing.spacing) if preprocessing.spacing else None
+    resample = f"resample to {spacing} mm" if spacing else "keep the original voxel grid"
+    if preprocessing.modality == "ct":
+        window = "clip to the window, scale linearly to [0, 1]"
+        units, limits = "HU", list(preprocessing.window)
+    else:
+        window = f"scale the {list(preprocessing.percentiles)} percentiles to [0, 1]"
+        units, limits = "MRI grey levels, per volume", [0, 1]
+    views = config.view_config()
+    seen = None
+    if spacing:  # global crops are resized to the patch: the voxel size the network saw
+        ratios = np.mean([np.divide(s, views.global_size) for s in views.global_scales], axis=0)
+        seen = [round(float(v), 2) for v in np.multiply(spacing, ratios)]
+    return {
+        "modality": preprocessing.modality.upper(),
+        "intensity_units": units,
+        "intensity_window": limits,
+        "normalisation": f"{resample}, {window}; random crops resized to the patch size "
+        f"(on average {seen} mm voxels) and z-normalised (zero mean, unit variance)",
+        "spacing_mm": spacing,
+        "view_spacing_mm": seen,
+        "patch_size": list(views.global_size),
+    }
 
 
 def push_release(
