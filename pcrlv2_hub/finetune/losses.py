@@ -7,6 +7,7 @@ well behaved. Both take raw logits ``(B, K, *spatial)`` and label maps ``(B, *sp
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -28,3 +29,46 @@ def soft_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1.0) -> Tenso
 def dice_ce_loss(logits: Tensor, target: Tensor) -> Tensor:
     """Soft Dice (foreground) + cross-entropy, with equal weights."""
     return soft_dice_loss(logits, target) + F.cross_entropy(logits, target.long())
+
+
+def merge_unlabelled(logits: Tensor, labelled: Tensor) -> Tensor:
+    """Logits in which each sample's unlabelled classes are folded into the background.
+
+    ``labelled`` (B, K) is True for the classes contoured in each sample (background
+    always). A voxel labelled 0 in such a sample may be background *or* any class that was
+    not drawn, so its background logit becomes the log-sum-exp over all of those (the
+    "marginal" loss of Shi et al., MedIA 2021); the unlabelled classes get -inf, so the
+    network is neither rewarded nor punished for predicting them there.
+    """
+    unlabelled = ~labelled.bool()
+    unlabelled[:, 0] = False
+    trailing = [1] * (logits.dim() - 2)
+    background_like = unlabelled.clone()
+    background_like[:, 0] = True
+    background = logits.masked_fill(
+        ~background_like.view(*background_like.shape, *trailing), float("-inf")
+    ).logsumexp(dim=1, keepdim=True)
+    foreground_unlabelled = unlabelled[:, 1:]
+    foreground = logits[:, 1:].masked_fill(
+        foreground_unlabelled.reshape(*foreground_unlabelled.shape, *trailing), float("-inf")
+    )
+    return torch.cat([background, foreground], dim=1)
+
+
+def partial_label_loss(logits: Tensor, target: Tensor, labelled: Tensor) -> Tensor:
+    """Dice + cross-entropy where each sample counts only the classes it has labels for.
+
+    Cross-entropy runs on :func:`merge_unlabelled` logits; the soft Dice is averaged over
+    the (sample, class) pairs that are labelled foreground classes, each pair with the
+    same ``smooth`` term as :func:`soft_dice_loss`.
+    """
+    merged = merge_unlabelled(logits, labelled)
+    cross_entropy = F.cross_entropy(merged, target.long())
+    probabilities = merged.softmax(dim=1)[:, 1:]
+    one_hot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1)[:, 1:].to(logits.dtype)
+    dims = tuple(range(2, logits.dim()))
+    overlap = (probabilities * one_hot).sum(dims)
+    total = probabilities.sum(dims) + one_hot.sum(dims)
+    dice = (2 * overlap + 1.0) / (total + 1.0)
+    weight = labelled[:, 1:].to(dice.dtype)
+    return 1 - (dice * weight).sum() / weight.sum().clamp_min(1.0) + cross_entropy
