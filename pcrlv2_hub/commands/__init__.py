@@ -6,6 +6,6 @@ parsed arguments; heavy imports happen inside the handlers so ``--help`` stays f
 
 from __future__ import annotations
 
-from . import finetune, hub, pretrain
+from . import benchmark, finetune, hub, pretrain
 
-COMMAND_MODULES: list = [hub, finetune, pretrain]
+COMMAND_MODULES: list = [hub, finetune, pretrain, benchmark]
