@@ -199,3 +199,30 @@ def test_benchmark_command_end_to_end(tmp_path: Path, weights: Path, capsys):
         pcrlv2_hub.benchmark.run_benchmark(
             other, [pcrlv2_hub.benchmark.WeightsSpec("x", str(weights))], output, adrenal=ADRENAL
         )
+
+
+def test_only_the_splits_asked_for_are_evaluated():
+    from pcrlv2_hub.finetune import FinetuneConfig
+
+    with pytest.raises(pcrlv2_hub.InvalidInputError, match="name some of the splits"):
+        FinetuneConfig(task="classify3d", data=str(ADRENAL), evaluated=("holdout",))
+
+
+def test_cases_are_windowed_as_the_weights_were_pretrained(tmp_path: Path):
+    from pcrlv2_hub.benchmark.jobs import intensity_window
+
+    recipe = {"recipe": {"preprocessing": {"window": [-160.0, 240.0]}}}
+    soft = write_release(
+        tmp_path, small_network().state_dict(), "pcrlv2_unet3d",
+        {"widths": list(SMALL_WIDTHS)}, recipe, name="soft",
+    ).weights_path  # fmt: skip
+    assert intensity_window(str(soft)) == (-160.0, 240.0)
+    assert intensity_window(f"scratch:{soft}") == (-160.0, 240.0)  # the same input for both
+    assert intensity_window("scratch:unet3d_luna") == (-1000.0, 1000.0)
+    wide, narrow = (
+        load_cases(OPENKBP, ["pt_4"], {}, ROI, w)[0] for w in ((-1000, 1000), (-160, 240))
+    )
+    # with a soft-tissue window bone (the mandible) is clipped to the top of the range
+    bone = wide.label == 7
+    clipped = [np.isclose(c.image[0][bone], c.image.max()).mean() for c in (narrow, wide)]
+    assert clipped[0] > 0.7 > 0.5 > clipped[1]  # 82 % vs 32 % (teeth above 1000 HU)

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .openkbp import ORGANS, Case, load_cases, read_full_label, read_split
+from .openkbp import HU_WINDOW, ORGANS, Case, load_cases, read_full_label, read_split
 from .protocol import ALL, Protocol
 
 SEGMENTATION = "segmentation"
@@ -79,14 +79,35 @@ class OpenKBPData:
     test_labels: list[np.ndarray]
 
 
-@lru_cache(maxsize=1)
-def openkbp_data(root: str, split: str | None, roi_size: tuple, test_cases: int | None):
-    """The training pool and the test patients, read once per worker process."""
+@lru_cache(maxsize=2)
+def openkbp_data(
+    root: str, split: str | None, roi_size: tuple, test_cases: int | None, window: tuple
+) -> OpenKBPData:
+    """The training pool and the test patients, read once per worker process and window."""
     chosen = read_split(split)
     test_names = chosen.test[:test_cases] if test_cases else chosen.test
-    train = load_cases(root, chosen.train, chosen.excluded, roi_size)
-    test = load_cases(root, test_names, chosen.excluded, roi_size)
+    train = load_cases(root, chosen.train, chosen.excluded, roi_size, window)
+    test = load_cases(root, test_names, chosen.excluded, roi_size, window)
     return OpenKBPData(train, test, [read_full_label(root, case) for case in test])
+
+
+def intensity_window(source: str) -> tuple[float, float]:
+    """The HU window the weights were pretrained with (the network must see CT the way it
+    learned it): from a file's recorded recipe or a zoo entry's input spec; a ``scratch:``
+    source uses its architecture source's, so both sides of a comparison see the same
+    input. Unknown: the paper's [-1000, 1000]."""
+    from ..finetune.networks import weights_option
+    from ..manifest import get_entry
+    from ..weights_file import read_metadata
+
+    option = weights_option(source, "unet3d_luna")
+    window = None
+    if option["weights"] and Path(option["weights"]).suffix == ".safetensors":
+        recipe = read_metadata(option["weights"]).provenance.get("recipe", {})
+        window = recipe.get("preprocessing", {}).get("window")
+    elif option["name"] and not option["name"].startswith("hf-hub:"):
+        window = get_entry(option["name"]).info["input"].get("intensity_window")
+    return tuple(float(v) for v in window) if window else HU_WINDOW
 
 
 def training_cases(pool: list[Case], count: int | str, seed: int) -> list[Case]:
@@ -103,17 +124,18 @@ def training_cases(pool: list[Case], count: int | str, seed: int) -> list[Case]:
     return [fully[i] for i in sorted(order)]
 
 
-def _openkbp(context: Context) -> OpenKBPData:
+def _openkbp(context: Context, weights: str) -> OpenKBPData:
     protocol = context.protocol
+    window = intensity_window(context.sources[weights])
     return openkbp_data(
-        context.openkbp, context.split, tuple(protocol.roi_size), protocol.test_cases
+        context.openkbp, context.split, tuple(protocol.roi_size), protocol.test_cases, window
     )
 
 
 def _segmentation(job: Job, context: Context) -> dict[str, Any]:
     from .segmentation import evaluate, finetune_segmentation
 
-    data = _openkbp(context)
+    data = _openkbp(context, job.weights)
     cases = training_cases(data.train, job.labels, job.seed)
     model = finetune_segmentation(
         context.sources[job.weights], cases, context.protocol.segmentation, job.seed
@@ -129,7 +151,7 @@ def _segmentation_probe(job: Job, context: Context) -> list[dict[str, Any]]:
     from .probe import BATCH, Hypercolumns, fit_probe
     from .segmentation import organ_dice
 
-    data = _openkbp(context)
+    data = _openkbp(context, job.weights)
     protocol = context.protocol
     torch.manual_seed(0)  # a scratch encoder: one random draw, whatever the job order
     encoder = load_encoder(**weights_option(context.sources[job.weights], "unet3d_luna"))
@@ -189,6 +211,7 @@ def _classification(job: Job, context: Context) -> dict[str, Any]:
             linear_probe=job.task == CLASSIFICATION_PROBE,
         ),
         device="cpu",
+        evaluated=("test",),
     )
     results = finetune(config).results
     test = results["metrics"]["test"]

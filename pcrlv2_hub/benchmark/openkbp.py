@@ -14,8 +14,9 @@ label map (0 background, 1-7 the organs below). Three facts of the data shape th
   used to place it; label voxels outside it (0.4 % over all patients) stay in the full
   label map that test metrics compare against, where they count as misses.
 
-Intensities follow pretraining: clip to [-1000, 1000] HU, scale to [0, 1], then zero mean
-and unit variance over the region (the pretrained encoder saw z-normalised views).
+Intensities follow pretraining: clip to the weights' HU window (the paper's [-1000, 1000]
+unless their recipe says otherwise), scale to [0, 1], then zero mean and unit variance over
+the region (the pretrained encoder saw z-normalised views).
 """
 
 from __future__ import annotations
@@ -88,9 +89,12 @@ def load_cases(
     names: tuple[str, ...] | list[str],
     excluded: dict[str, tuple[int, ...]],
     roi_size: tuple[int, int, int],
+    window: tuple[float, float] = HU_WINDOW,
 ) -> list[Case]:
     """Read ``root/images/NAME.nii.gz`` and ``root/labels/NAME.nii.gz`` for each name."""
-    return [_load_case(Path(root), name, excluded.get(name, ()), roi_size) for name in names]
+    return [
+        _load_case(Path(root), name, excluded.get(name, ()), roi_size, window) for name in names
+    ]
 
 
 def read_full_label(root: str | Path, case: Case) -> np.ndarray:
@@ -108,7 +112,13 @@ def paste(prediction: np.ndarray, case: Case) -> np.ndarray:
     return full
 
 
-def _load_case(root: Path, name: str, excluded: tuple[int, ...], roi_size: tuple[int, ...]):
+def _load_case(
+    root: Path,
+    name: str,
+    excluded: tuple[int, ...],
+    roi_size: tuple[int, ...],
+    window: tuple[float, float],
+) -> Case:
     hu = _read_array(root / "images" / f"{name}.nii.gz").astype(np.float32)
     label = _read_array(root / "labels" / f"{name}.nii.gz")
     if hu.shape != label.shape:
@@ -125,7 +135,7 @@ def _load_case(root: Path, name: str, excluded: tuple[int, ...], roi_size: tuple
         labelled[value] = False
         label[label == value] = 0
     roi = body_roi(hu, roi_size)
-    scaled = np.clip((hu[roi] - HU_WINDOW[0]) / (HU_WINDOW[1] - HU_WINDOW[0]), 0.0, 1.0)
+    scaled = np.clip((hu[roi] - window[0]) / (window[1] - window[0]), 0.0, 1.0)
     image = (scaled - scaled.mean()) / max(float(scaled.std()), 1e-6)
     return Case(name, image[None].astype(np.float32), label[roi], labelled, roi, hu.shape)
 

@@ -24,8 +24,8 @@ class ClassificationSettings:
     ``epochs = min(max_epochs, ceil(epochs_at_full_labels / fraction))``."""
 
     label_fractions: tuple[float, ...] = (0.05, 0.1, 0.25, 1.0)
-    epochs_at_full_labels: int = 2
-    max_epochs: int = 30
+    epochs_at_full_labels: int = 1
+    max_epochs: int = 8
     patience: int = 5
     batch_size: int = 16
     lr: float = 1e-3

@@ -33,12 +33,14 @@ CHANNELS_LAST = torch.channels_last_3d
 class SegmentationSettings:
     """One fine-tuning run's budget and optimiser."""
 
-    steps: int = 150
-    patch_size: tuple[int, int, int] = (48, 48, 48)
+    steps: int = 600
+    patch_size: tuple[int, int, int] = (32, 32, 32)
     batch_size: int = 2
-    lr: float = 1e-3
+    lr: float = 1e-2
+    encoder_lr_scale: float = 1.0
+    """The encoder's learning rate relative to ``lr`` (below 1: keep pretrained features)."""
     weight_decay: float = 1e-4
-    foreground_share: float = 2 / 3
+    foreground_share: float = 0.8
     """Share of patches centred on an organ voxel; the rest are centred anywhere."""
     window_size: tuple[int, int, int] = (64, 64, 64)
     window_overlap: float = 0.25
@@ -52,8 +54,15 @@ def finetune_segmentation(
     """A skip U-Net from ``weights`` (see ``--weights``) fine-tuned on ``cases``; eval mode."""
     model = build_network(TASKS["segment3d"], weights, NUM_CLASSES, None, seed)
     model = model.to(memory_format=CHANNELS_LAST).train()
+    encoder = list(model.encoder.parameters())
+    chosen = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in chosen]
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        [
+            {"params": encoder, "lr": settings.lr * settings.encoder_lr_scale},
+            {"params": rest, "lr": settings.lr},
+        ],
+        weight_decay=settings.weight_decay,
     )
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / settings.steps))

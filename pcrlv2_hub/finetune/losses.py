@@ -58,17 +58,19 @@ def merge_unlabelled(logits: Tensor, labelled: Tensor) -> Tensor:
 def partial_label_loss(logits: Tensor, target: Tensor, labelled: Tensor) -> Tensor:
     """Dice + cross-entropy where each sample counts only the classes it has labels for.
 
-    Cross-entropy runs on :func:`merge_unlabelled` logits; the soft Dice is averaged over
-    the (sample, class) pairs that are labelled foreground classes, each pair with the
-    same ``smooth`` term as :func:`soft_dice_loss`.
+    Cross-entropy runs on :func:`merge_unlabelled` logits. The soft Dice of each
+    foreground class is pooled over the samples that label it, as :func:`soft_dice_loss`
+    pools over the batch (so a fully labelled batch gives exactly :func:`dice_ce_loss`),
+    and averaged over the classes that some sample labels.
     """
     merged = merge_unlabelled(logits, labelled)
     cross_entropy = F.cross_entropy(merged, target.long())
     probabilities = merged.softmax(dim=1)[:, 1:]
     one_hot = F.one_hot(target.long(), logits.shape[1]).movedim(-1, 1)[:, 1:].to(logits.dtype)
     dims = tuple(range(2, logits.dim()))
-    overlap = (probabilities * one_hot).sum(dims)
-    total = probabilities.sum(dims) + one_hot.sum(dims)
+    weight = labelled[:, 1:].to(logits.dtype)  # (B, K - 1)
+    overlap = ((probabilities * one_hot).sum(dims) * weight).sum(0)
+    total = ((probabilities.sum(dims) + one_hot.sum(dims)) * weight).sum(0)
     dice = (2 * overlap + 1.0) / (total + 1.0)
-    weight = labelled[:, 1:].to(dice.dtype)
-    return 1 - (dice * weight).sum() / weight.sum().clamp_min(1.0) + cross_entropy
+    counted = weight.amax(dim=0)
+    return 1 - (dice * counted).sum() / counted.sum().clamp_min(1.0) + cross_entropy

@@ -44,10 +44,16 @@ class FinetuneConfig:
     training: TrainingSettings = field(default_factory=TrainingSettings)
     device: str | None = None
     """``cuda`` when available, else ``cpu``, unless given."""
+    evaluated: tuple[str, ...] = ("train", "val", "test")
+    """The splits whose final metrics are measured (a benchmark needs only ``test``)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise InvalidInputError(f"unknown task {self.task!r}; choose one of {sorted(TASKS)}.")
+        if not self.evaluated or not set(self.evaluated) <= {"train", "val", "test"}:
+            raise InvalidInputError(
+                f"evaluated={self.evaluated!r}; name some of the splits train, val, test."
+            )
 
 
 @dataclass
@@ -80,6 +86,8 @@ def finetune(config: FinetuneConfig, output: str | Path | None = None) -> Finetu
     )
     metrics = {}
     for name, split in splits.items():
+        if name not in config.evaluated:
+            continue
         loss, outputs = evaluate(model, split, task, config.training.batch_size, device)
         metrics[name] = {"loss": loss, **task.metrics(outputs, split.targets, dataset.num_classes)}
     results = {
