@@ -5,8 +5,9 @@
     >>> encoder = torch.hub.load("<owner>/<repo>", "load_encoder", "unet3d_luna", pool="avg")
 
 Every entry takes the keyword options of ``pcrlv2_hub.load`` (``revision``, ``cache_dir``,
-``device``, ``dtype``, ``strict``...). Weights come from the Hugging Face Hub as verified
-safetensors; ``pretrained=False`` builds the same network randomly initialised.
+``device``, ``dtype``, ``strict``...). Weights come verified from inside the package
+(``unet3d_openct_small``) or from the Hugging Face Hub as safetensors; ``pretrained=False``
+builds the same network randomly initialised.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ from pcrlv2_hub import load, load_encoder
 
 dependencies = ["torch", "timm", "huggingface_hub", "safetensors", "numpy", "requests", "tqdm"]
 
-__all__ = ["load", "load_encoder", "resnet18_chestxray", "resnet18_chexpert", "unet3d_luna"]
+__all__ = [
+    "load",
+    "load_encoder",
+    "resnet18_chestxray",
+    "resnet18_chexpert",
+    "unet3d_luna",
+    "unet3d_openct_small",
+]
 
 
 def unet3d_luna(pretrained: bool = True, **kwargs: Any) -> nn.Module:
@@ -29,6 +37,17 @@ def unet3d_luna(pretrained: bool = True, **kwargs: Any) -> nn.Module:
     [0, 1]; every spatial size divisible by 8 (pretraining patches: 64x64x32).
     """
     return load("unet3d_luna", pretrained, **kwargs)
+
+
+def unet3d_openct_small(pretrained: bool = True, **kwargs: Any) -> nn.Module:
+    """The small 3D PCRLv2 U-Net (widths 8-16-32-64) pretrained on 179 open CT volumes; its
+    weights ship inside the package, so it loads offline.
+
+    Input: (B, 1, D, H, W) CT clipped to [-1000, 1000] HU, scaled to [0, 1] and
+    z-normalised, at about 4.3 x 4.3 x 3 mm voxels; every spatial size divisible by 8
+    (pretraining patches: 32x32x16).
+    """
+    return load("unet3d_openct_small", pretrained, **kwargs)
 
 
 def resnet18_chestxray(pretrained: bool = True, **kwargs: Any) -> nn.Module:

@@ -1,7 +1,8 @@
 """Getting a weights file onto this machine, verified, through huggingface_hub's cache.
 
-Zoo names resolve through the manifest to a Hub repo pinned at a commit (so a cached file
-is returned with no network call at all), then to mirror URLs. ``hf-hub:org/repo@rev``
+Zoo names resolve through the manifest to a file bundled in the package (checked, no
+network at all), else to a Hub repo pinned at a commit (so a cached file is returned with
+no network call at all), then to mirror URLs. ``hf-hub:org/repo@rev``
 names fetch ``model.safetensors`` from any Hub repo. Every file's sha256 is checked before
 anything reads it; a file that fails is deleted from the cache, never left behind.
 """
@@ -41,6 +42,8 @@ def fetch_zoo_weights(
     # The manifest's checksum belongs to the pinned revision only; another revision is
     # checked against the Hub's own LFS sha256 instead.
     pinned = revision is None or revision == source.revision
+    if source.bundled_path is not None and pinned:
+        return bundled_weights(entry)
     failures: list[DownloadError] = []
     if source.repo_id:
         try:
@@ -65,6 +68,24 @@ def fetch_zoo_weights(
         f"{entry.name}: no source could deliver the weights:\n"
         + "\n".join(f"  - {failure}" for failure in failures)
     )
+
+
+def bundled_weights(entry: ModelEntry) -> Path:
+    """The file shipped inside the package, after checking its sha256 against the manifest."""
+    path = entry.weights.bundled_path
+    if path is None or not path.is_file():
+        raise DownloadError(
+            f"{entry.name}: its weights should be inside the installed package at {path}, "
+            "but the file is missing; reinstall pcrlv2_hub (pip install --force-reinstall)."
+        )
+    actual = sha256_file(path)
+    if actual != entry.weights.sha256:
+        raise ChecksumMismatchError(
+            f"{entry.name}: the bundled file {path} has sha256 {actual}, not the manifest's "
+            f"{entry.weights.sha256}: it was modified after installation. Reinstall "
+            "pcrlv2_hub (pip install --force-reinstall) to restore it."
+        )
+    return path
 
 
 def parse_hf_hub_name(name: str) -> tuple[str, str | None]:

@@ -21,6 +21,7 @@ from typing import Any
 from .errors import ManifestError, UnknownModelError
 
 MANIFEST_ENV = "PCRLV2_HUB_MANIFEST"
+PACKAGE_DIR = Path(__file__).resolve().parent
 MANIFEST_NAME = "weights_manifest.json"
 SCHEMA_VERSION = 1
 STATUSES = ("published", "unpublished")
@@ -66,7 +67,12 @@ _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 @dataclass(frozen=True)
 class WeightsSource:
-    """Where a zoo entry's file comes from and what it must hash to."""
+    """Where a zoo entry's file comes from and what it must hash to.
+
+    ``bundled`` is a path relative to the package folder for weights shipped inside the
+    wheel: they load with no network at all, and the Hub repo is where they go once
+    uploaded.
+    """
 
     repo_id: str | None
     filename: str
@@ -74,6 +80,11 @@ class WeightsSource:
     mirrors: tuple[str, ...]
     sha256: str | None
     size: int | None
+    bundled: str | None = None
+
+    @property
+    def bundled_path(self) -> Path | None:
+        return PACKAGE_DIR / self.bundled if self.bundled else None
 
 
 @dataclass(frozen=True)
@@ -156,16 +167,21 @@ def validate_entry(entry: dict[str, Any]) -> None:
         raise ManifestError(f"{where}: dimension must be 2 or 3.")
     if weights["sha256"] is not None and not _SHA256.fullmatch(weights["sha256"]):
         raise ManifestError(f"{where}: weights.sha256 must be 64 lower-case hex digits.")
+    bundled = weights.get("bundled")
+    if bundled is not None and (
+        not isinstance(bundled, str) or Path(bundled).is_absolute() or ".." in Path(bundled).parts
+    ):
+        raise ManifestError(f"{where}: weights.bundled must be a path inside the package.")
     if entry["status"] == "published":
         pinned = (
             weights["repo_id"] and weights["revision"] and _COMMIT.fullmatch(weights["revision"])
         )
         if weights["sha256"] is None or weights["size"] is None or entry["golden"] is None:
             raise ManifestError(f"{where}: a published entry needs sha256, size and golden.")
-        if not (pinned or weights["mirrors"]):
+        if not (pinned or weights["mirrors"] or bundled):
             raise ManifestError(
                 f"{where}: a published entry needs weights.repo_id with a 40-hex commit "
-                "revision, or mirror URLs."
+                "revision, mirror URLs, or a bundled file."
             )
     elif not entry.get("note"):
         raise ManifestError(
@@ -217,6 +233,7 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> dict[str, ModelEntry]:
                 tuple(weights["mirrors"]),
                 weights["sha256"],
                 weights["size"],
+                weights.get("bundled"),
             ),
             golden=raw["golden"],
             info=raw,

@@ -117,7 +117,12 @@ def test_every_error_class_is_public():
 
 def test_discovery(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(MANIFEST_ENV, raising=False)
-    assert pcrlv2_hub.list_models() == ["resnet18_chestxray", "resnet18_chexpert", "unet3d_luna"]
+    assert pcrlv2_hub.list_models() == [
+        "resnet18_chestxray",
+        "resnet18_chexpert",
+        "unet3d_luna",
+        "unet3d_openct_small",
+    ]
     assert pcrlv2_hub.list_models("resnet18_*") == ["resnet18_chestxray", "resnet18_chexpert"]
     info = pcrlv2_hub.model_info("pcrlv2_luna")
     assert info["name"] == "unet3d_luna" and info["input"]["intensity_units"] == "HU"

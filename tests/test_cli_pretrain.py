@@ -45,6 +45,8 @@ def test_demo_chain_3d(tmp_path, cache, capsys):
         "  stride  4: (1, 8, 16, 16, 8) (8 channels)",
         "  stride  8: (1, 16, 8, 8, 4) (16 channels)",
     ]
+    # The chain ends with the zoo model bundled in the package, loaded by name.
+    assert "pcrlv2_hub.load('unet3d_openct_small'): the pretrained zoo model" in printed
     run = json.loads((output / RUN_CONFIG).read_text())
     assert run["views"]["global_size"] == [32, 32, 16]  # the demo's small views
     assert run["widths"] == [4, 8, 8, 16]  # ... and the flag over the demo's widths

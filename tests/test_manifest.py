@@ -25,9 +25,9 @@ def test_the_real_manifest_follows_the_schema(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv(MANIFEST_ENV, raising=False)
     assert manifest_path() == REAL_MANIFEST
     entries = read_manifest()
-    assert sorted(entries) == sorted(OFFICIAL_FILES)
+    assert sorted(entries) == sorted([*OFFICIAL_FILES, "unet3d_openct_small"])
     for name, entry in entries.items():
-        assert entry.info["original_checkpoint"] == OFFICIAL_FILES[name]
+        assert entry.info.get("original_checkpoint") == OFFICIAL_FILES.get(name)
         assert entry.architecture in ARCHITECTURES
         assert entry.info["paper"]["arxiv"] == "2301.00772"
         assert entry.info["input"]["divisible_by"] in (8, 32)
@@ -37,6 +37,9 @@ def test_the_real_manifest_follows_the_schema(monkeypatch: pytest.MonkeyPatch):
             assert "pcrlv2-hub pretrain" in entry.info["note"]
     assert entries["unet3d_luna"].component == "full"
     assert entries["resnet18_chestxray"].component == "encoder"
+    ours = entries["unet3d_openct_small"]  # our own weights, shipped in the package
+    assert ours.published and ours.weights.bundled and ours.golden is not None
+    assert ours.weights.repo_id == "pcrlv2-hub/unet3d_openct_small"
 
 
 def test_unpublished_weights_say_how_to_get_them(monkeypatch: pytest.MonkeyPatch):
@@ -65,6 +68,7 @@ def test_unknown_names_get_suggestions(monkeypatch: pytest.MonkeyPatch):
         (lambda e: e.update(status="published"), "needs sha256, size and golden"),
         (lambda e: e["weights"].update(sha256="abc"), "64 lower-case hex"),
         (lambda e: e["input"].pop("patch_size"), "input: the field 'patch_size'"),
+        (lambda e: e["weights"].update(bundled="../../etc/x"), "a path inside the package"),
     ],
 )
 def test_schema_violations_are_named(

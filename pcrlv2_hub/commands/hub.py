@@ -85,8 +85,7 @@ def info_command(args: argparse.Namespace) -> int:
         f"{spec['intensity_units']} window {spec['intensity_window']}, patch {spec['patch_size']},"
         f" sizes divisible by {spec['divisible_by']}",
         f"              {spec['normalisation']}",
-        f"  weights:    {weights['repo_id']}/{weights['filename']}"
-        f" @ {weights['revision'] or '(no revision: not uploaded)'}",
+        f"  weights:    {_weights_source(weights)}",
         f"  sha256:     {weights['sha256'] or '-'} ({weights['size'] or '-'} bytes)",
         f"  licence:    {info['license']}",
         f"  paper:      {info['paper']['title']} ({info['paper']['venue']}), "
@@ -96,6 +95,14 @@ def info_command(args: argparse.Namespace) -> int:
         lines.append(f"  note:       {info['note']}")
     print("\n".join(lines))
     return 0
+
+
+def _weights_source(weights: dict) -> str:
+    hub = f"{weights['repo_id']}/{weights['filename']}" if weights["repo_id"] else None
+    if weights.get("bundled"):
+        later = f"; Hub repo {hub} once uploaded" if hub and not weights["revision"] else ""
+        return f"bundled in the package ({weights['bundled']}), no download{later}"
+    return f"{hub} @ {weights['revision'] or '(no revision: not uploaded)'}"
 
 
 def download_command(args: argparse.Namespace) -> int:
