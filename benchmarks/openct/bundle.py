@@ -77,7 +77,7 @@ def main() -> None:
         card = release.card_path.read_text(encoding="utf-8")
         ZOO.mkdir(exist_ok=True)
         shutil.copyfile(release.weights_path, ZOO / f"{NAME}.safetensors")
-    step_hours = training_step_hours(args.run)
+    step_hours = training_step_hours(args.run, entry["provenance"]["recipe"]["batch_size"])
     entry = zoo_entry(entry, benchmark, step_hours)
     validate_entry(entry)
     write_text_atomic(ZOO / f"{NAME}.md", card + card_sections(benchmark, step_hours))
@@ -87,11 +87,10 @@ def main() -> None:
     print(f"{NAME}: {entry['weights']['size']} bytes, sha256 {entry['weights']['sha256']}")
 
 
-def training_step_hours(run: Path) -> float:
+def training_step_hours(run: Path, batch: int) -> float:
     """Hours spent in training steps (data loading overlaps them in a worker), summed over
     the run's sessions from ``metrics.jsonl``: wall clock is lost across ``--resume``."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    batch = json.loads((run / "config.json").read_text())["batch_size"]
     return round(sum(batch / row["samples_per_s"] for row in rows) / 3600, 2)
 
 

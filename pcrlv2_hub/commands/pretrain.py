@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..pretrain.volumes import Preprocessing
 
 PRETRAIN_DESCRIPTION = """\
 Pretrain a PCRLv2 network on your own CT volumes (--dim 3: NIfTI, MetaImage .mhd/.raw,
@@ -143,16 +148,12 @@ def _show_zoo_model() -> None:
     import pcrlv2_hub
     from pcrlv2_hub.pretrain.corruptions import z_normalise
 
-    from ..pretrain.config import SAMPLE_DATA
-    from ..pretrain.volumes import Preprocessing, read_volume
+    from ..pretrain.volumes import Preprocessing
 
     spec = pcrlv2_hub.model_info(ZOO_MODEL)["input"]
     model = pcrlv2_hub.load(ZOO_MODEL)
-    path = SAMPLE_DATA / "chest_ct.nii.gz"
-    volume = torch.from_numpy(read_volume(path, Preprocessing(spacing=spec["view_spacing_mm"])))
     size = spec["patch_size"]
-    starts = [(n - c) // 2 for n, c in zip(volume.shape, size, strict=True)]
-    crop = volume[tuple(slice(s, s + c) for s, c in zip(starts, size, strict=True))][None, None]
+    path, crop = _sample_ct_crop(size, Preprocessing(spacing=spec["view_spacing_mm"]))
     with torch.no_grad():
         restored = model(z_normalise(crop.clone())).restoration
     print(f"pcrlv2_hub.load({ZOO_MODEL!r}): the pretrained zoo model bundled in the package, "
@@ -168,13 +169,8 @@ def _sample_input(dim: int) -> tuple[str, object]:
     from ..pretrain.config import SAMPLE_DATA
 
     if dim == 3:
-        from ..pretrain.volumes import read_volume
-
-        path = SAMPLE_DATA / "chest_ct.nii.gz"
-        volume = torch.from_numpy(read_volume(path))
-        starts = [(n - c) // 2 for n, c in zip(volume.shape, (64, 64, 32), strict=True)]
-        crop = volume[tuple(slice(s, s + c) for s, c in zip(starts, (64, 64, 32), strict=True))]
-        return f"a 64x64x32 crop of {path.name}", crop[None, None]
+        path, crop = _sample_ct_crop((64, 64, 32))
+        return f"a 64x64x32 crop of {path.name}", crop
     from ..pretrain.views import IMAGENET_MEAN, IMAGENET_STD
     from ..pretrain.views2d import find_images, read_image
 
@@ -182,6 +178,21 @@ def _sample_input(dim: int) -> tuple[str, object]:
     image = read_image(path).float().div(255)
     mean, std = (torch.tensor(v).view(3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     return path.name, ((image - mean) / std)[None]
+
+
+def _sample_ct_crop(size: Sequence[int], preprocessing: Preprocessing | None = None):
+    """The centre crop of ``size`` of the shipped chest CT, as a (1, 1, *size) tensor."""
+    import torch
+
+    from ..pretrain.config import SAMPLE_DATA
+    from ..pretrain.volumes import Preprocessing, read_volume
+
+    path = SAMPLE_DATA / "chest_ct.nii.gz"
+    volume = torch.from_numpy(read_volume(path, preprocessing or Preprocessing()))
+    starts = [(n - c) // 2 for n, c in zip(volume.shape, size, strict=True)]
+    return path, volume[tuple(slice(s, s + c) for s, c in zip(starts, size, strict=True))][
+        None, None
+    ]
 
 
 def export_command(args: argparse.Namespace) -> int:
