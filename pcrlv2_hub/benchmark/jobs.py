@@ -3,8 +3,9 @@
 - ``segmentation``: fine-tune on N labelled patients (one seed), Dice on the test patients;
 - ``segmentation_probe``: the frozen-encoder probe for every label count and seed of one
   set of weights at once (the encoder's features are shared between them);
-- ``classification`` / ``classification_probe``: AdrenalMNIST3D with a label fraction,
-  fully fine-tuned or with the encoder frozen (a linear head on pooled features).
+- ``classification``: AdrenalMNIST3D fine-tuned with a label fraction (one seed);
+- ``classification_probe``: logistic regression on the frozen encoder's pooled features,
+  for every label fraction and seed of one set of weights at once.
 
 Training patients: for N labelled patients, the first N of a seeded permutation of the
 *fully contoured* training patients (a user who labels a few patients draws every organ),
@@ -66,6 +67,8 @@ def run_job(job: Job, context: Context) -> list[dict[str, Any]]:
         records = [_segmentation(job, context)]
     elif job.task == SEGMENTATION_PROBE:
         records = _segmentation_probe(job, context)
+    elif job.task == CLASSIFICATION_PROBE:
+        records = _classification_probe(job, context)
     else:
         records = [_classification(job, context)]
     seconds = (time.perf_counter() - started) / len(records)
@@ -145,17 +148,13 @@ def _segmentation(job: Job, context: Context) -> dict[str, Any]:
 
 
 def _segmentation_probe(job: Job, context: Context) -> list[dict[str, Any]]:
-    from .. import load_encoder
-    from ..finetune.networks import weights_option
     from .openkbp import paste
     from .probe import BATCH, Hypercolumns, fit_probe
     from .segmentation import organ_dice
 
     data = _openkbp(context, job.weights)
     protocol = context.protocol
-    torch.manual_seed(0)  # a scratch encoder: one random draw, whatever the job order
-    encoder = load_encoder(**weights_option(context.sources[job.weights], "unet3d_luna"))
-    hypercolumns = Hypercolumns(encoder, protocol.probe.voxels_per_case)
+    hypercolumns = Hypercolumns(_frozen_encoder(job, context), protocol.probe.voxels_per_case)
     runs = [
         (count, seed, training_cases(data.train, count, seed))
         for count in protocol.label_counts
@@ -174,6 +173,17 @@ def _segmentation_probe(job: Job, context: Context) -> list[dict[str, Any]]:
         _dice_record(count, seed, cases, np.stack(dice[index]))
         for index, (count, seed, cases) in enumerate(runs)
     ]
+
+
+def _frozen_encoder(job: Job, context: Context, **kwargs: Any) -> torch.nn.Module:
+    """The encoder a probe reads features from (a scratch one: one seeded random draw,
+    whatever the order the jobs run in)."""
+    from .. import load_encoder
+    from ..finetune.networks import weights_option
+
+    torch.manual_seed(0)
+    source = weights_option(context.sources[job.weights], "unet3d_luna")
+    return load_encoder(**source, **kwargs).eval()
 
 
 def _dice_record(
@@ -208,7 +218,6 @@ def _classification(job: Job, context: Context) -> dict[str, Any]:
             batch_size=settings.batch_size,
             lr=settings.lr,
             patience=settings.patience,
-            linear_probe=job.task == CLASSIFICATION_PROBE,
         ),
         device="cpu",
         evaluated=("test",),
@@ -223,3 +232,16 @@ def _classification(job: Job, context: Context) -> dict[str, Any]:
         "train_samples": results["data"]["samples"]["train"],
         "epochs_run": results["epochs_run"],
     }
+
+
+def _classification_probe(job: Job, context: Context) -> list[dict[str, Any]]:
+    from .classification_probe import probe_classification
+
+    protocol = context.protocol
+    return probe_classification(
+        _frozen_encoder(job, context, pool="avg"),
+        context.adrenal,
+        protocol.classification.label_fractions,
+        protocol.seeds,
+        protocol.classification_probe,
+    )

@@ -138,11 +138,12 @@ def fit_probe(
     channels = [int(w) for w in hypercolumns.encoder.feature_info.channels()]
     torch.manual_seed(seed)
     probe = LinearProbe(x.mean(0), x.std(0).clamp_min(1e-6), channels)
+    standardised = (x - probe.mean) / probe.std  # once, not at every step
     optimizer = torch.optim.Adam(
-        probe.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
+        probe.linear.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
     for _ in range(settings.steps):
-        loss = F.cross_entropy(merge_unlabelled(probe(x), known), y)
+        loss = F.cross_entropy(merge_unlabelled(probe.linear(standardised), known), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

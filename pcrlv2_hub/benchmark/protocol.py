@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import InvalidInputError
+from .classification_probe import ClassificationProbeSettings
 from .probe import ProbeSettings
 from .segmentation import SegmentationSettings
 
@@ -44,6 +45,9 @@ class Protocol:
     segmentation: SegmentationSettings = field(default_factory=SegmentationSettings)
     probe: ProbeSettings = field(default_factory=ProbeSettings)
     classification: ClassificationSettings = field(default_factory=ClassificationSettings)
+    classification_probe: ClassificationProbeSettings = field(
+        default_factory=ClassificationProbeSettings
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,13 +60,12 @@ PROTOCOLS = {
         seeds=(0,),
         label_counts=(1, ALL),
         test_cases=2,
-        segmentation=SegmentationSettings(
-            steps=2, patch_size=(16, 16, 16), window_size=(32, 32, 32)
-        ),
+        segmentation=SegmentationSettings(steps=2, patch_size=(16, 16, 16)),
         probe=ProbeSettings(voxels_per_case=200, steps=5),
         classification=ClassificationSettings(
             label_fractions=(0.05,), epochs_at_full_labels=1, max_epochs=1, patience=1
         ),
+        classification_probe=ClassificationProbeSettings(penalties=(1e-2,), max_iterations=5),
     ),
 }
 

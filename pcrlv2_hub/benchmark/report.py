@@ -26,7 +26,7 @@ PANELS = (
     (SEGMENTATION, "mean_dice", "OpenKBP organs, fine-tuned", PATIENTS),
     (SEGMENTATION_PROBE, "mean_dice", "OpenKBP organs, linear probe (frozen encoder)", PATIENTS),
     (CLASSIFICATION, "auc", "AdrenalMNIST3D, fine-tuned", FRACTION),
-    (CLASSIFICATION_PROBE, "auc", "AdrenalMNIST3D, linear head (frozen encoder)", FRACTION),
+    (CLASSIFICATION_PROBE, "auc", "AdrenalMNIST3D, linear probe (frozen encoder)", FRACTION),
 )
 GOAL_MARGIN = 0.05
 FEW_LABELS = 10

@@ -63,19 +63,18 @@ def plan(protocol: Protocol, labels: list[str], openkbp: bool, adrenal: bool) ->
         jobs += [Job(SEGMENTATION_PROBE, label, None, None) for label in labels]
         jobs += [
             Job(SEGMENTATION, label, count, seed)
-            for count in sorted(protocol.label_counts, key=_larger_first)
+            for count in sorted(protocol.label_counts, key=_all_last)
             for seed in protocol.seeds
             for label in labels
         ]
     if adrenal:
-        fractions = protocol.classification.label_fractions
         jobs += [
-            Job(task, label, fraction, seed)
-            for task in (CLASSIFICATION, CLASSIFICATION_PROBE)
-            for fraction in fractions
+            Job(CLASSIFICATION, label, fraction, seed)
+            for fraction in protocol.classification.label_fractions
             for seed in protocol.seeds
             for label in labels
         ]
+        jobs += [Job(CLASSIFICATION_PROBE, label, None, None) for label in labels]
     return jobs
 
 
@@ -141,7 +140,7 @@ def run_benchmark(
     return results
 
 
-def _larger_first(count: int | str) -> float:
+def _all_last(count: int | str) -> float:
     return float("inf") if isinstance(count, str) else float(count)
 
 

@@ -7,9 +7,8 @@ Training draws random patches, a share of them centred on labelled organ voxels 
 organs equally likely (MONAI's ``RandCropByLabelClasses``), and minimises the partial-label
 Dice + cross-entropy; the learning rate follows a cosine to zero over a fixed number of
 steps, and the final weights are evaluated (no model selection, so no validation split is
-consulted). Prediction slides a window over the whole region of interest (MONAI's
-``sliding_window_inference``, Gaussian weighting), and Dice (MONAI's ``compute_dice``) is
-measured on the full grid against the full label map.
+consulted). Prediction runs on whole regions of interest, several cases per forward pass,
+and Dice (MONAI's ``compute_dice``) is measured on the full grid against the full label map.
 """
 
 from __future__ import annotations
@@ -42,10 +41,8 @@ class SegmentationSettings:
     weight_decay: float = 1e-4
     foreground_share: float = 0.8
     """Share of patches centred on an organ voxel; the rest are centred anywhere."""
-    window_size: tuple[int, int, int] = (64, 64, 64)
-    window_overlap: float = 0.25
-    window_batch: int = 4
-    """Sliding-window prediction: windows, their overlap, windows per forward pass."""
+    predict_batch: int = 4
+    """Test cases per forward pass at prediction."""
 
 
 def finetune_segmentation(
@@ -126,25 +123,26 @@ class PatchSampler:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, case: Case, settings: SegmentationSettings) -> np.ndarray:
-    """The label map of ``case``'s region of interest, (x, y, z) uint8.
+def predict(
+    model: nn.Module, cases: list[Case], settings: SegmentationSettings
+) -> list[np.ndarray]:
+    """The label maps of ``cases``' regions of interest, (x, y, z) uint8 each.
 
-    MONAI's sliding window with Gaussian weighting, several windows per forward pass: on
-    a CPU a batch of one sends most 3D convolutions down a slow non-oneDNN path (3x
-    slower here), so whole-region passes would cost more than the overlap does.
+    A region of interest fits in memory whole, so the network sees it whole: exact, with no
+    window seams to blend. Cases of one size go through together, ``predict_batch`` at a
+    time: on a CPU a batch of one sends most 3D convolutions down a slow non-oneDNN path,
+    and whole batched regions took 0.65x the time of a 64^3 sliding window (overlap 0.25).
     """
-    from monai.inferers import sliding_window_inference
-
-    image = torch.from_numpy(case.image[None]).contiguous(memory_format=CHANNELS_LAST)
-    scores = sliding_window_inference(
-        image,
-        settings.window_size,
-        settings.window_batch,
-        model,
-        overlap=settings.window_overlap,
-        mode="gaussian",
-    )
-    return scores[0].argmax(dim=0).to(torch.uint8).numpy()
+    maps: list[np.ndarray] = []
+    for start in range(0, len(cases), settings.predict_batch):
+        group = cases[start : start + settings.predict_batch]
+        if len({case.image.shape for case in group}) > 1:
+            maps += [predict(model, [case], settings)[0] for case in group]
+            continue
+        images = torch.from_numpy(np.stack([case.image for case in group]))
+        scores = model(images.contiguous(memory_format=CHANNELS_LAST))
+        maps += list(scores.argmax(dim=1).to(torch.uint8).numpy())
+    return maps
 
 
 def organ_dice(prediction: np.ndarray, label: np.ndarray, labelled: np.ndarray) -> np.ndarray:
@@ -168,9 +166,10 @@ def evaluate(
     settings: SegmentationSettings,
 ) -> np.ndarray:
     """Dice per test case and organ, (cases, 7)."""
+    predictions = predict(model, cases, settings)
     return np.stack(
         [
-            organ_dice(paste(predict(model, case, settings), case), label, case.labelled)
-            for case, label in zip(cases, full_labels, strict=True)
+            organ_dice(paste(prediction, case), label, case.labelled)
+            for prediction, case, label in zip(predictions, cases, full_labels, strict=True)
         ]
     )

@@ -8,7 +8,8 @@ DESCRIPTION = """\
 The transfer benchmark: few-label segmentation of seven head-and-neck organs at risk on
 OpenKBP CT (fine-tuned skip U-Net, and a linear probe on the frozen encoder) with 1, 2, 5,
 10 and all training patients, and AdrenalMNIST3D classification at 5-100 %% labels (fine-
-tuned, and a linear head on the frozen encoder), each over 3 seeds, for every --weights.
+tuned, and logistic regression on the frozen encoder's pooled features), each over 3
+seeds, for every --weights.
 Dice is measured on a fixed set of test patients (the OpenKBP validation patients) that
 no run trains on. Writes OUTPUT/results.json (resumable: run the same command again to
 finish a stopped benchmark), OUTPUT/RESULTS.md and OUTPUT/label_efficiency.png.
