@@ -68,6 +68,10 @@ class DataWarning(UserWarning):
     """Some training data was skipped (unreadable, truncated); the run goes on without it."""
 
 
+class UnverifiedWeightsWarning(UserWarning):
+    """A weights file records no tensor digest, so its tensors could not be checked."""
+
+
 class VerificationError(PCRLv2HubError):
     """A weights file loads but does not compute the golden output recorded for it."""
 

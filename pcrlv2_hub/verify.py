@@ -1,21 +1,23 @@
 """``pcrlv2-hub verify``: is this weights file the one it claims to be, and does it work?
 
-Three checks, each stronger than the last: the sha256 (the bytes), a strict load (the
-tensors fit the network they describe), and the golden output (this package, here,
-computes what the publisher's computed on the same fixed input).
+Four checks, each stronger than the last: the sha256 (the bytes, against a manifest), the
+tensor digest the file records about itself, a strict load (the tensors fit the network
+they describe), and the golden output (this package, here, computes what the publisher's
+computed on the same fixed input).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from . import golden
-from .errors import ChecksumMismatchError, VerificationError
+from .errors import ChecksumMismatchError, UnverifiedWeightsWarning, VerificationError
 from .hub import fetch_zoo_weights
 from .loading import build_loaded
 from .manifest import get_entry, read_manifest
@@ -31,6 +33,8 @@ class VerifyReport:
     path: Path
     sha256: str
     expected_from: str
+    tensor_digest: str | None
+    """The digest the tensors were checked against; None if the file records none."""
     tensors: int
     golden_values: int | None
 
@@ -59,7 +63,9 @@ def verify(
         entry = get_entry(str(target))
         path = fetch_zoo_weights(entry, revision=revision, cache_dir=cache_dir)
         sha256, expected, reference = entry.weights.sha256 or "", entry.info, "the manifest"
-    state_dict, metadata = read_weights(path)
+    with warnings.catch_warnings():  # the report says whether there was a digest
+        warnings.simplefilter("ignore", UnverifiedWeightsWarning)
+        state_dict, metadata = read_weights(path)
     model = build_loaded(
         partial(build_model, metadata.architecture, **metadata.arguments),
         state_dict,
@@ -77,6 +83,7 @@ def verify(
         path=path,
         sha256=sha256,
         expected_from=reference,
+        tensor_digest=metadata.tensor_digest,
         tensors=len(state_dict),
         golden_values=2 * len(recorded["summary"]) if recorded else None,
     )

@@ -1,9 +1,15 @@
 """The on-disk weights format: safetensors whose metadata rebuilds its own network.
 
 Every file this package writes (converted official checkpoints, exported pretraining
-runs) carries, in the safetensors header, the architecture name, the constructor
-arguments and the provenance as JSON strings. A file can therefore be loaded with
-nothing but its path, and nothing in it is ever unpickled.
+runs, releases, bundled zoo files) carries, in the safetensors header, the architecture
+name, the constructor arguments, the provenance and a digest of its tensors, as one JSON
+string under the key ``pcrlv2_hub``. A file can therefore be loaded with nothing but its
+path, nothing in it is ever unpickled, and every read checks the tensors against the
+digest before returning them. One key with sorted JSON also makes the bytes reproducible:
+safetensors writes several metadata keys in an arbitrary order.
+
+Format 1 files (four ``pcrlv2_hub.*`` keys, no digest) still load, with a notice that
+their tensors could not be verified.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +27,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from .atomic import atomic_output
-from .errors import WeightsFormatError
+from .errors import ChecksumMismatchError, UnverifiedWeightsWarning, WeightsFormatError
+from .tensor_digest import tensor_digest
 
-FORMAT_VERSION = "1"
-_KEY_ARCH = "pcrlv2_hub.architecture"
-_KEY_ARGS = "pcrlv2_hub.arguments"
-_KEY_PROV = "pcrlv2_hub.provenance"
-_KEY_VERSION = "pcrlv2_hub.format_version"
+FORMAT_VERSION = "2"
+_KEY = "pcrlv2_hub"
+_V1_KEY_ARCH = "pcrlv2_hub.architecture"
+_V1_KEY_ARGS = "pcrlv2_hub.arguments"
+_V1_KEY_PROV = "pcrlv2_hub.provenance"
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ class WeightsMetadata:
     architecture: str | None
     arguments: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    tensor_digest: str | None = None
+    """``sha256:...`` of the tensors (:func:`~pcrlv2_hub.tensor_digest.tensor_digest`)."""
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
@@ -54,17 +64,19 @@ def save_weights(
     arguments: dict[str, Any],
     provenance: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``state_dict`` atomically (temp file, then rename) with self-describing metadata."""
+    """Write ``state_dict`` atomically (temp file, then rename) with self-describing
+    metadata; the same tensors and metadata always give the same bytes."""
     path = Path(path)
     tensors = {name: t.detach().cpu().contiguous() for name, t in state_dict.items()}
-    metadata = {
-        _KEY_VERSION: FORMAT_VERSION,
-        _KEY_ARCH: architecture,
-        _KEY_ARGS: json.dumps(arguments, sort_keys=True),
-        _KEY_PROV: json.dumps(provenance or {}, sort_keys=True),
+    described = {
+        "format_version": FORMAT_VERSION,
+        "architecture": architecture,
+        "arguments": arguments,
+        "provenance": provenance or {},
+        "tensor_digest": tensor_digest(tensors),
     }
     with atomic_output(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+        save_file(tensors, str(tmp), metadata={_KEY: json.dumps(described, sort_keys=True)})
     return path
 
 
@@ -77,14 +89,39 @@ def read_metadata(path: str | os.PathLike) -> WeightsMetadata:
 def read_weights(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[dict[str, torch.Tensor], WeightsMetadata]:
-    """All tensors (read straight to ``device``) and the metadata of a safetensors file."""
+    """All tensors (read straight to ``device``) and the metadata of a safetensors file,
+    the tensors checked against the file's digest (:class:`ChecksumMismatchError`)."""
     with _open(path, device=str(device)) as handle:
         metadata = _parse_metadata(handle.metadata() or {}, path)
         try:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, RuntimeError) as error:
             raise _corrupt(path, error) from error
+    check_digest(tensors, metadata, path)
     return tensors, metadata
+
+
+def check_digest(
+    tensors: dict[str, torch.Tensor], metadata: WeightsMetadata, path: str | os.PathLike
+) -> bool:
+    """True if ``tensors`` match the digest recorded in ``path``; raise if they do not;
+    False (with a notice) if the file records none."""
+    if metadata.tensor_digest is None:
+        warnings.warn(
+            f"{path} records no tensor digest (an older export or another tool's file), so "
+            "its tensors could not be verified; re-export or convert it to add one.",
+            UnverifiedWeightsWarning,
+            stacklevel=3,
+        )
+        return False
+    actual = tensor_digest(tensors)
+    if actual != metadata.tensor_digest:
+        raise ChecksumMismatchError(
+            f"{path}: its tensors do not match the digest recorded in the file "
+            f"({actual} instead of {metadata.tensor_digest}); the file was changed or "
+            "damaged after it was written. Download or export it again."
+        )
+    return True
 
 
 def _open(path: str | os.PathLike, device: str = "cpu"):
@@ -109,10 +146,30 @@ def _corrupt(path: str | os.PathLike, error: Exception) -> WeightsFormatError:
 
 def _parse_metadata(raw: dict[str, str], path: str | os.PathLike) -> WeightsMetadata:
     try:
-        arguments = json.loads(raw.get(_KEY_ARGS, "{}"))
-        provenance = json.loads(raw.get(_KEY_PROV, "{}"))
+        if _KEY in raw:
+            described = json.loads(raw[_KEY])
+        else:  # format 1
+            described = {
+                "architecture": raw.get(_V1_KEY_ARCH),
+                "arguments": json.loads(raw.get(_V1_KEY_ARGS, "{}")),
+                "provenance": json.loads(raw.get(_V1_KEY_PROV, "{}")),
+            }
     except json.JSONDecodeError as error:
         raise WeightsFormatError(
             f"{path}: its pcrlv2_hub metadata is not valid JSON ({error})."
         ) from error
-    return WeightsMetadata(raw.get(_KEY_ARCH), arguments, provenance)
+    malformed = WeightsFormatError(f"{path}: its pcrlv2_hub metadata is malformed.")
+    if not isinstance(described, dict):
+        raise malformed
+    metadata = WeightsMetadata(
+        described.get("architecture"),
+        described.get("arguments", {}),
+        described.get("provenance", {}),
+        described.get("tensor_digest"),
+    )
+    texts = (metadata.architecture, metadata.tensor_digest)
+    if not all(isinstance(d, dict) for d in (metadata.arguments, metadata.provenance)) or not all(
+        t is None or isinstance(t, str) for t in texts
+    ):
+        raise malformed
+    return metadata

@@ -38,7 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=convert_command)
 
     parser = subparsers.add_parser(
-        "verify", help="sha256, strict load and golden output of a zoo model or a file"
+        "verify",
+        help="sha256, tensor digest, strict load and golden output of a zoo model or a file",
     )
     parser.add_argument("target", metavar="NAME|FILE")
     parser.add_argument("--revision", help="a Hub revision other than the pinned one")
@@ -151,9 +152,15 @@ def verify_command(args: argparse.Namespace) -> int:
         if report.golden_values is not None
         else "not checked: no golden output recorded for this file"
     )
+    digest = (
+        f"ok ({report.tensor_digest})"
+        if report.tensor_digest
+        else "not checked: the file records no digest (re-export or convert it to add one)"
+    )
     print(
         f"{report.path}\n"
         f"  sha256        {report.sha256} (reference: {report.expected_from})\n"
+        f"  tensor digest {digest}\n"
         f"  strict load   ok ({report.tensors} tensors)\n"
         f"  golden output {golden}"
     )
