@@ -76,6 +76,22 @@ checksum = sum(float(t.sum()) for t in model.state_dict().values())  # pages eve
 print(json.dumps({"seconds": seconds, "peak_mib": ready, "peak_touched_mib": peak_mib() - base}))
 """
 )
+# A local file has no manifest sha256 behind it: its tensors are checked against the
+# digest the file records. How much of the load is that check?
+LOCAL = (
+    _PRELUDE
+    + """
+import sys, torch, pcrlv2_hub.api
+from pcrlv2_hub.tensor_digest import tensor_digest
+from pcrlv2_hub.weights_file import read_metadata
+start = time.perf_counter()
+model = pcrlv2_hub.api.load(weights=sys.argv[1])
+seconds = time.perf_counter() - start
+start = time.perf_counter()
+assert tensor_digest(model.state_dict()) == read_metadata(sys.argv[1]).tensor_digest
+print(json.dumps({"seconds": seconds, "digest_seconds": time.perf_counter() - start}))
+"""
+)
 IMPORT = """
 import time
 start = time.perf_counter()
@@ -134,10 +150,11 @@ def main() -> None:
         torch.save({"state_dict": network.state_dict()}, pickle_path)
 
     offline = {**env, "HF_HUB_OFFLINE": "1"}
-    ours, pickle = [], []
+    ours, pickle, local = [], [], []
     for _ in range(args.repeats):
         ours.append(json.loads(run(OURS, offline)))
         pickle.append(json.loads(run(PICKLE, offline, str(pickle_path))))
+        local.append(json.loads(run(LOCAL, offline, str(release.weights_path))))
     imports = [float(run(IMPORT, offline)) for _ in range(args.repeats)]
 
     def median(rows: list[dict], key: str) -> float:
@@ -152,6 +169,11 @@ def main() -> None:
         "load_warm_cache_s": {"median": median(ours, "seconds"), "runs": ours},
         "pickle_path_s": {"median": median(pickle, "seconds"), "runs": pickle},
         "speedup_vs_pickle": median(pickle, "seconds") / median(ours, "seconds"),
+        "load_local_file_s": {"median": median(local, "seconds"), "runs": local},
+        "tensor_digest_s": median(local, "digest_seconds"),
+        "digest_share_of_local_load": statistics.median(
+            row["digest_seconds"] / row["seconds"] for row in local
+        ),
         # at "ready", and after every weight was read once (safetensors maps the file, so
         # pages arrive on first use; the pickle path has them all at once)
         "peak_mib": {

@@ -18,7 +18,7 @@ from torch import nn
 
 from .convert import is_pickle_path, read_official_checkpoint
 from .errors import IncompatibleWeightsError, InvalidInputError, WeightsFormatError
-from .hub import HF_HUB_PREFIX, fetch_hf_hub_weights, fetch_zoo_weights
+from .hub import HF_HUB_PREFIX, fetch_hf_hub_weights, fetch_zoo_weights, is_pinned
 from .loading import build_loaded
 from .manifest import get_entry, list_names
 from .models.encoders import (
@@ -175,7 +175,8 @@ def _resolve(
         architecture, arguments, state_dict = entry.architecture, dict(entry.arguments), None
         if pretrained:
             path = fetch_zoo_weights(entry, revision=revision, cache_dir=cache_dir)
-            state_dict, _ = read_weights(path, device=device or "cpu")
+            checked = is_pinned(entry, revision) and entry.weights.sha256 is not None
+            state_dict, _ = read_weights(path, device=device or "cpu", sha256_checked=checked)
     else:
         path = fetch_hf_hub_weights(name, revision=revision, cache_dir=cache_dir)
         if pretrained:

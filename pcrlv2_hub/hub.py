@@ -32,6 +32,12 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TIMEOUT_S = 30
 
 
+def is_pinned(entry: ModelEntry, revision: str | None) -> bool:
+    """Whether ``revision`` is the one the manifest's sha256 belongs to: another revision
+    is checked against the Hub's own LFS sha256 instead."""
+    return revision is None or revision == entry.weights.revision
+
+
 def fetch_zoo_weights(
     entry: ModelEntry, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
 ) -> Path:
@@ -39,9 +45,7 @@ def fetch_zoo_weights(
     if not entry.published:
         raise WeightsNotPublishedError(f"{entry.name}: {entry.info['note']}")
     source = entry.weights
-    # The manifest's checksum belongs to the pinned revision only; another revision is
-    # checked against the Hub's own LFS sha256 instead.
-    pinned = revision is None or revision == source.revision
+    pinned = is_pinned(entry, revision)
     if source.bundled_path is not None and pinned:
         return bundled_weights(entry)
     failures: list[DownloadError] = []
