@@ -16,6 +16,7 @@ from typing import Any
 
 from .errors import (
     CheckpointError,
+    CheckpointWarning,
     ChecksumMismatchError,
     DataError,
     DataWarning,
@@ -46,6 +47,7 @@ _LAZY = {
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWarning",
     "ChecksumMismatchError",
     "DataError",
     "DataWarning",

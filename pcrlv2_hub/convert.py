@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import torch
 from .errors import WeightsFormatError
 from .loading import normalise_keys
 from .models.unet3d import STAGE_NAMES_3D
+from .pickle_archive import archive_problem
 from .publish import Release, write_release
 from .weights_file import sha256_file
 
@@ -56,6 +56,11 @@ def read_official_checkpoint(path: str | os.PathLike) -> OfficialCheckpoint:
     path = Path(path)
     if not path.is_file():
         raise WeightsFormatError(f"{path} does not exist or is not a file.")
+    problem = archive_problem(path, legacy_allowed=True)
+    if problem:
+        raise WeightsFormatError(
+            f"{path} is damaged: {problem}. It was not converted; download it again."
+        )
     try:
         with torch.serialization.safe_globals(_ALLOWED_GLOBALS):
             content = torch.load(path, map_location="cpu", weights_only=True)
@@ -68,7 +73,7 @@ def read_official_checkpoint(path: str | os.PathLike) -> OfficialCheckpoint:
             f"({refused[0].strip()}), so it is not an official PCRLv2 checkpoint. It was not "
             "loaded: unpickling other objects could run code."
         ) from error
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, zipfile.BadZipFile) as error:
+    except Exception as error:  # whatever a damaged pickle makes the unpickler raise
         raise _unreadable(path, error) from error
     state_dict, options, epoch = _unpack(content, path)
     architecture, arguments = _recognise(state_dict, path)

@@ -60,6 +60,10 @@ class CheckpointError(PCRLv2HubError):
     """A training checkpoint that is missing, unreadable or from another run."""
 
 
+class CheckpointWarning(UserWarning):
+    """The newest checkpoint was damaged; the run resumes from the one before it."""
+
+
 class TrainingDivergedError(PCRLv2HubError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

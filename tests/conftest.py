@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,3 +101,15 @@ def published(hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     zoo.write_manifest()
     monkeypatch.setenv(MANIFEST_ENV, str(zoo.manifest))
     return zoo
+
+
+def flip_bit_in_largest_member(archive_path: Path) -> None:
+    """Flip one bit in the middle of the largest member's bytes of a ``torch.save`` zip
+    archive (a tensor's data), leaving every zip header intact."""
+    data = bytearray(archive_path.read_bytes())
+    with zipfile.ZipFile(archive_path) as archive:
+        member = max(archive.infolist(), key=lambda info: info.file_size)
+    name_length, extra_length = struct.unpack("<HH", data[member.header_offset + 26 :][:4])
+    start = member.header_offset + 30 + name_length + extra_length
+    data[start + member.file_size // 2] ^= 0x01
+    archive_path.write_bytes(bytes(data))

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import flip_bit_in_largest_member
 
 import pcrlv2_hub
 from pcrlv2_hub.cli import main
@@ -131,4 +132,17 @@ def test_unrecognised_and_truncated_checkpoints(official_3d, tmp_path: Path):
     torch.save({"state_dict": {"linear.weight": torch.zeros(2, 2)}}, other)
     with pytest.raises(pcrlv2_hub.WeightsFormatError, match="neither the 3D PCRLv2 network"):
         convert_official(other, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_flipped_byte_in_an_official_checkpoint_is_refused(official_3d, tmp_path: Path):
+    """torch.load would read the damaged tensor silently; the CRC32 check refuses it."""
+    path, _ = official_3d
+    damaged = tmp_path / path.name
+    damaged.write_bytes(path.read_bytes())
+    flip_bit_in_largest_member(damaged)
+    with pytest.raises(pcrlv2_hub.WeightsFormatError, match=r"damaged: its member .* CRC32"):
+        convert_official(damaged, tmp_path / "out")
+    with pytest.raises(pcrlv2_hub.WeightsFormatError, match=str(damaged)):
+        pcrlv2_hub.load(weights=damaged)
     assert not (tmp_path / "out").exists()

@@ -17,10 +17,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import flip_bit_in_largest_member
 from PIL import Image
 
 import pcrlv2_hub
-from pcrlv2_hub.errors import CheckpointError, DataError, DataWarning, TrainingDivergedError
+from pcrlv2_hub.errors import (
+    CheckpointError,
+    CheckpointWarning,
+    DataError,
+    DataWarning,
+    TrainingDivergedError,
+)
 from pcrlv2_hub.pretrain.checkpoint import LAST, PREVIOUS, load_checkpoint
 from pcrlv2_hub.pretrain.config import SAMPLE_DATA, PretrainConfig
 from pcrlv2_hub.pretrain.trainer import METRICS, RUN_CONFIG, SUMMARY, pretrain
@@ -146,6 +153,34 @@ def test_resume_continues_bitwise(tmp_path, cache_dir):
     assert state_dicts_equal(
         final_a["optimizer"]["state"][0], final_b["optimizer"]["state"][0]
     )  # momentum buffers too
+
+
+def _damage(checkpoint: Path, how: str) -> None:
+    """Truncate ``checkpoint``, or flip one bit inside its largest tensor's bytes."""
+    if how == "truncate":
+        checkpoint.write_bytes(checkpoint.read_bytes()[: checkpoint.stat().st_size // 2])
+    else:
+        flip_bit_in_largest_member(checkpoint)
+
+
+@pytest.mark.parametrize("how", ["truncate", "flip"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_dir, how):
+    straight = pretrain(tiny_3d(tmp_path / "a", cache_dir, steps_per_epoch=3, export=False))
+    copy = _resumable_copy(tmp_path / "a", tmp_path / "a" / LAST, tmp_path / "b")
+    shutil.copy(tmp_path / "a" / PREVIOUS, copy / PREVIOUS)  # step 4
+    _damage(copy / LAST, how)
+    with pytest.warns(CheckpointWarning, match=f"{LAST}.*resuming from .*{PREVIOUS}"):
+        resumed = pretrain(tiny_3d(copy, cache_dir, steps_per_epoch=3, export=False), resume=True)
+    assert resumed.step == 6 and resumed.losses == straight.losses
+    assert state_dicts_equal(
+        load_checkpoint(copy)["model"], load_checkpoint(tmp_path / "a")["model"]
+    )
+    assert load_checkpoint(copy / PREVIOUS)["step"] == 4  # the damaged file was not kept
+
+    _damage(copy / LAST, how)
+    _damage(copy / PREVIOUS, how)
+    with pytest.raises(CheckpointError, match="damaged"):
+        pretrain(tiny_3d(copy, cache_dir, steps_per_epoch=3, export=False), resume=True)
 
 
 def test_resume_refuses_other_settings_and_fresh_runs_refuse_a_used_folder(tmp_path, cache_dir):

@@ -7,15 +7,16 @@ a checkpoint file can never execute code, even one copied from elsewhere. Publis
 weights are never checkpoints: ``pcrlv2-hub export`` turns one into safetensors.
 
 Each save writes a temporary file in the same folder, flushes it to the disk (fsync),
-moves the current ``last.pt`` to ``previous.pt`` and renames the new file to ``last.pt``.
-At every instant one complete checkpoint exists, and a failed or killed save leaves the
-previous ones untouched.
+moves the current ``last.pt`` to ``previous.pt`` (unless it is damaged: then the good
+``previous.pt`` stays) and renames the new file to ``last.pt``. At every instant one
+complete checkpoint exists, and a failed or killed save leaves the previous ones untouched.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_output
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CheckpointWarning
+from ..pickle_archive import archive_problem
 
 LAST = "last.pt"
 PREVIOUS = "previous.pt"
@@ -39,7 +41,7 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
                 torch.save(state, handle)
                 handle.flush()
                 os.fsync(handle.fileno())
-            if last.exists():
+            if last.exists() and archive_problem(last) is None:  # never keep a damaged one
                 os.replace(last, directory / PREVIOUS)
         _fsync_directory(directory)
     except OSError as error:
@@ -51,13 +53,28 @@ def save_checkpoint(directory: str | os.PathLike, state: dict[str, Any]) -> Path
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a checkpoint file, or the newest readable one of a run's folder, on the CPU."""
+    """Read a checkpoint file, or the newest intact one of a run's folder, on the CPU.
+
+    A file is intact if every member of its archive passes its CRC32 check and it
+    unpickles; a damaged ``last.pt`` (truncated, a flipped byte) is reported with a
+    warning and ``previous.pt`` is used instead.
+    """
     path = Path(path)
     candidates = [path / LAST, path / PREVIOUS] if path.is_dir() else [path]
     problems = []
     for candidate in candidates:
+        if problems and candidate.is_file():
+            warnings.warn(
+                f"{problems[-1]}; resuming from {candidate} instead.",
+                CheckpointWarning,
+                stacklevel=2,
+            )
         if not candidate.is_file():
             problems.append(f"{candidate}: missing")
+            continue
+        problem = archive_problem(candidate)
+        if problem:
+            problems.append(f"{candidate}: damaged, {problem}")
             continue
         try:
             return torch.load(candidate, map_location="cpu", weights_only=True)
