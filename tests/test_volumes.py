@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import os
 import shutil
 import warnings
@@ -62,7 +63,9 @@ def test_metaimage_and_dicom_series_read_back_equal_to_the_nifti(tmp_path):
     expected = read_volume(ABDOMEN)
     assert expected.shape == (364, 301, 88)
     np.testing.assert_allclose(read_volume(tmp_path / "ct.mhd"), expected, atol=1e-6)
+    before = locale.getpreferredencoding(False)
     np.testing.assert_allclose(read_volume(tmp_path / "series"), expected, atol=1e-6)
+    assert locale.getpreferredencoding(False) == before  # GDCM's "C" locale does not stick
     assert find_volumes(tmp_path) == [tmp_path / "ct.mhd", tmp_path / "series"]
 
 

@@ -30,8 +30,14 @@ def read_npz(path: Path, target_name: str) -> RawSplits:
     try:
         with np.load(path) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path} is not a readable .npz archive ({error}).") from error
+    except MemoryError as error:
+        raise DataError(f"{path} is too large to read into memory.") from error
+    except Exception as error:  # NumPy and zipfile fail in many ways on damaged bytes
+        raise DataError(
+            f"{path} is not a readable .npz archive ({type(error).__name__}: {error})."
+        ) from error
+    if not isinstance(arrays, dict):
+        raise DataError(f"{path} holds a single array, not an .npz archive of splits.")
     raw = {}
     for key in arrays:
         prefix, _, kind = key.rpartition("_")
@@ -62,15 +68,20 @@ def read_image_folders(root: Path) -> RawSplits:
 
 def read_volume_table(table: Path) -> RawSplits:
     """Volumes listed in a CSV with the columns ``image,label,split`` (paths relative to it)."""
-    with open(table, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    try:
+        with open(table, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{table} is not a readable UTF-8 CSV table ({error}).") from error
     needed = {"image", "label", "split"}
     if not rows or not needed <= set(rows[0]):
         raise DataError(
             f"{table} needs a header with the columns image,label,split and one row per volume."
         )
     grouped: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
+    for number, row in enumerate(rows, start=2):
+        if any(not isinstance(row.get(column), str) for column in needed):
+            raise DataError(f"{table}, line {number}: needs a value in each of image,label,split.")
         split = SPLIT_ALIASES.get(row["split"].strip().lower())
         if split is None:
             raise DataError(f"{table}: split {row['split']!r} is not one of train, val, test.")
@@ -143,13 +154,15 @@ def _stack(arrays: list[np.ndarray], files: list[Path]) -> np.ndarray:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as image:
             return np.asarray(image.convert("L"))
-    except (OSError, UnidentifiedImageError) as error:
-        raise DataError(f"cannot read the image {path} ({error}).") from error
+    except Exception as error:  # Pillow fails in many ways on damaged bytes
+        raise DataError(
+            f"cannot read the image {path} ({type(error).__name__}: {error})."
+        ) from error
 
 
 def _read_volume(path: Path) -> np.ndarray:
@@ -159,7 +172,7 @@ def _read_volume(path: Path) -> np.ndarray:
 
     try:
         return read_volume(path, Preprocessing(spacing=None))
-    except (RuntimeError, OSError, ValueError, DataError) as error:
+    except DataError as error:
         raise DataError(f"cannot read the volume {path} ({error}).") from error
 
 
@@ -171,5 +184,5 @@ def _read_mask(path: Path) -> np.ndarray:
         if path.suffix.lower() == ".npy":
             return np.load(path)
         return sitk.GetArrayFromImage(sitk.ReadImage(str(path))).transpose(2, 1, 0)
-    except (RuntimeError, OSError, ValueError) as error:
+    except Exception as error:  # NumPy and SimpleITK fail in many ways on damaged bytes
         raise DataError(f"cannot read the mask {path} ({error}).") from error

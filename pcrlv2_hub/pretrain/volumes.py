@@ -20,10 +20,12 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import locale
 import math
 import os
 import tempfile
-import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +41,11 @@ VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".npy", ".npz")
 DICOM_SUFFIXES = (".dcm", ".ima")
 CACHE_FORMAT = "2"  # 2: C order (1 kept the transposed SimpleITK layout)
 _CACHE_DTYPE = np.float16
-# What a broken file makes the readers raise; anything else is a bug and propagates.
-_READ_ERRORS = (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile, DataError)
+MAX_RESAMPLED_VOXELS = 1024**3
+MAX_EXTENT_MM = 2500
+"""A volume that resampling would make larger than 1024^3 voxels (4 GiB of float32), or
+longer than 2.5 m along an axis, is skipped: its header's spacing is almost certainly
+wrong (a 50 mm spacing asking for 3200^3 voxels)."""
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,22 @@ def find_volumes(source: DataSource) -> list[Path]:
 def read_volume(
     path: str | os.PathLike, preprocessing: Preprocessing = Preprocessing()
 ) -> np.ndarray:
-    """One volume as float32 in [0, 1], (x, y, z), resampled and windowed; no cache."""
-    image = _resample(_read_image(Path(path), preprocessing), preprocessing.spacing)
-    voxels = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    return _window(voxels, preprocessing)
+    """One volume as float32 in [0, 1], (x, y, z), resampled and windowed; no cache.
+
+    Whatever is wrong with the file (truncated, corrupt, an implausible header) raises
+    DataError: the readers below (SimpleITK, gzip, NumPy, zipfile) fail in many ways on
+    damaged bytes, and a run over a large archive must skip such a volume, not stop.
+    """
+    try:
+        image = _resample(_read_image(Path(path), preprocessing), preprocessing.spacing)
+        voxels = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+        return _window(voxels, preprocessing)
+    except DataError:
+        raise
+    except MemoryError as error:
+        raise DataError("it is too large to read into memory") from error
+    except Exception as error:  # any failure of a third-party reader on damaged bytes
+        raise DataError(f"it cannot be read ({type(error).__name__}: {_reason(error)})") from error
 
 
 def prepare_volumes(
@@ -147,7 +164,7 @@ def prepare_volumes(
         if not target.exists():
             try:
                 voxels = read_volume(path, preprocessing)
-            except _READ_ERRORS as error:
+            except DataError as error:
                 summary.skip(path, _reason(error))
                 continue
             _save_atomically(target, np.ascontiguousarray(voxels, dtype=_CACHE_DTYPE))
@@ -191,24 +208,55 @@ def _read_image(path: Path, preprocessing: Preprocessing) -> sitk.Image:
         return _read_array(path, preprocessing.array_spacing)
     if name.endswith((".nii", ".nii.gz")):
         _check_nifti_complete(path)
-    image = sitk.ReadImage(str(path), sitk.sitkFloat32)
-    if image.GetDimension() != 3:
-        raise DataError(f"it is a {image.GetDimension()}D image, not a 3D volume")
-    return image
+    if name.endswith(".mhd"):
+        _check_mhd_header(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if reader.GetDimension() != 3:
+        raise DataError(f"it is a {reader.GetDimension()}D image, not a 3D volume")
+    _check_geometry(reader.GetSpacing(), reader.GetDirection())
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    return reader.Execute()
+
+
+def _check_geometry(spacing: tuple[float, ...], direction: tuple[float, ...]) -> None:
+    """Refuse a header whose geometry is impossible: ITK would hang or fail on it later
+    (an infinite orientation matrix sends it into an endless SVD)."""
+    spacing, direction = np.array(spacing), np.array(direction).reshape(3, 3)
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise DataError(f"its header spacing {tuple(spacing)} mm is not positive and finite")
+    if not (
+        np.isfinite(direction).all() and np.allclose(direction.T @ direction, np.eye(3), atol=1e-3)
+    ):
+        raise DataError(f"its orientation matrix {direction.ravel().tolist()} is not a rotation")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     """The series with the most slices (the scan, not a scout or a dose report)."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise DataError("no readable DICOM series in this folder")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len
-    )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    return reader.Execute()
+    with _locale_kept():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        if not series:
+            raise DataError("no readable DICOM series in this folder")
+        files = max(
+            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series),
+            key=len,
+        )
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(files)
+        reader.SetOutputPixelType(sitk.sitkFloat32)
+        return reader.Execute()
+
+
+@contextmanager
+def _locale_kept() -> Iterator[None]:
+    """GDCM switches the process to the "C" locale and leaves it there, after which Python
+    decodes text (``open``, ``subprocess``) as ASCII: put the caller's locale back."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk.Image:
@@ -234,6 +282,24 @@ def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk
     return image
 
 
+def _check_mhd_header(path: Path) -> None:
+    """MetaIO crashes the process on some impossible headers (``NDims = -1``): refuse them."""
+    fields = {}
+    for line in path.read_bytes()[:65536].decode("latin-1").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.split()
+    try:
+        ndims = int(fields.get("NDims", ["3"])[0])
+        sizes = [int(v) for v in fields.get("DimSize", [])]
+    except (ValueError, IndexError) as error:
+        raise DataError(
+            f"its MetaImage header has a malformed NDims or DimSize ({error})"
+        ) from error
+    if not 2 <= ndims <= 4 or len(sizes) != ndims or min(sizes) < 1:
+        raise DataError(f"its MetaImage header says NDims {ndims} with DimSize {sizes}")
+
+
 def _check_nifti_complete(path: Path) -> None:
     """ITK reads a truncated NIfTI without complaint (zero-filled voxels): refuse it here."""
     if path.name.lower().endswith(".gz"):
@@ -253,10 +319,22 @@ def _check_nifti_complete(path: Path) -> None:
 
 def _resample(image: sitk.Image, spacing: tuple[float, float, float] | None) -> sitk.Image:
     """Linear resampling onto ``spacing``, keeping every sample inside the original extent."""
-    if spacing is None or np.allclose(image.GetSpacing(), spacing):
+    _check_geometry(image.GetSpacing(), image.GetDirection())  # arrays and DICOM too
+    original = np.array(image.GetSpacing())
+    if spacing is None or np.allclose(original, spacing):
         return image
-    extent = (np.array(image.GetSize()) - 1) * np.array(image.GetSpacing())
+    extent = (np.array(image.GetSize()) - 1) * original
+    if extent.max() > MAX_EXTENT_MM:
+        raise DataError(
+            f"its header spacing {tuple(original)} mm makes it {extent.max():.0f} mm long, more "
+            f"than the {MAX_EXTENT_MM} mm any body scan spans"
+        )
     size = (np.floor(extent / np.array(spacing) + 1e-6).astype(int) + 1).tolist()
+    if math.prod(size) > MAX_RESAMPLED_VOXELS:
+        raise DataError(
+            f"resampled to {spacing} mm it would have {size} voxels, more than the limit of "
+            f"{MAX_RESAMPLED_VOXELS:.2e}; is its header spacing {tuple(original)} mm right?"
+        )
     return sitk.Resample(
         image,
         size,
