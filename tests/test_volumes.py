@@ -150,6 +150,35 @@ def test_unreadable_and_truncated_volumes_are_skipped_named_and_counted(tmp_path
     assert "1 of 6" in str(prepared.summary)
 
 
+def test_volumes_with_impossible_geometry_are_skipped_with_the_reason(tmp_path):
+    """Headers a big archive holds: each would hang, crash or exhaust memory if used."""
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy2(ABDOMEN, data / "good.nii.gz")
+    block = np.zeros((8, 8, 8), np.int16)
+    for name, spacing in {"nan": [np.nan, 1, 1], "zero": [0, 1, 1], "negative": [-1, 1, 1]}.items():
+        np.savez(data / f"{name}_spacing.npz", image=block, spacing=np.array(spacing))
+    image = sitk.GetImageFromArray(np.zeros((8, 8, 64), np.int16))
+    image.SetSpacing((50.0, 1.0, 1.0))  # 3150 mm long: a 50 mm header spacing
+    sitk.WriteImage(image, str(data / "fifty_mm.nii.gz"))
+    image = sitk.GetImageFromArray(np.zeros((3, 3, 3), np.int16))
+    image.SetSpacing((1000.0, 1000.0, 1000.0))  # 2 m wide, but 2001^3 voxels at 1 mm
+    sitk.WriteImage(image, str(data / "huge.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(block), str(data / "tilted.mhd"), useCompression=False)
+    header = (data / "tilted.mhd").read_text()
+    (data / "tilted.mhd").write_text(header.replace("0 1 0 0 0 1", "0 1 0 1e308 0 1"))
+
+    with pytest.warns(DataWarning):
+        prepared = prepare_volumes(data, cache_dir=tmp_path / "cache")
+    reasons = {Path(path).name: reason for path, reason in prepared.summary.skipped}
+    assert [p.name for p in prepared.paths] == ["good.nii.gz"]
+    for name in ("nan_spacing.npz", "zero_spacing.npz", "negative_spacing.npz"):
+        assert "not positive and finite" in reasons[name]
+    assert "3150 mm long" in reasons["fifty_mm.nii.gz"]
+    assert "more than the limit" in reasons["huge.nii.gz"]
+    assert "not a rotation" in reasons["tilted.mhd"]
+
+
 def test_nothing_usable_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="no volumes"):
         prepare_volumes(tmp_path, cache_dir=tmp_path / "cache")

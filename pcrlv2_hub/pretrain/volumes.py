@@ -17,11 +17,9 @@ are taken as (x, y, z) and in HU for CT, with ``Preprocessing.array_spacing`` un
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import locale
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -36,16 +34,17 @@ from tqdm import tqdm
 
 from ..errors import DataError, InvalidInputError
 from .sources import DataSource, DataSummary, expand_source
+from .volume_checks import (
+    check_geometry,
+    check_mhd_header,
+    check_nifti_complete,
+    check_resampled_size,
+)
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".npy", ".npz")
 DICOM_SUFFIXES = (".dcm", ".ima")
 CACHE_FORMAT = "2"  # 2: C order (1 kept the transposed SimpleITK layout)
 _CACHE_DTYPE = np.float16
-MAX_RESAMPLED_VOXELS = 1024**3
-MAX_EXTENT_MM = 2500
-"""A volume that resampling would make larger than 1024^3 voxels (4 GiB of float32), or
-longer than 2.5 m along an axis, is skipped: its header's spacing is almost certainly
-wrong (a 50 mm spacing asking for 3200^3 voxels)."""
 
 
 @dataclass(frozen=True)
@@ -207,29 +206,17 @@ def _read_image(path: Path, preprocessing: Preprocessing) -> sitk.Image:
     if name.endswith((".npy", ".npz")):
         return _read_array(path, preprocessing.array_spacing)
     if name.endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path)
+        check_nifti_complete(path)
     if name.endswith(".mhd"):
-        _check_mhd_header(path)
+        check_mhd_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     reader.ReadImageInformation()
     if reader.GetDimension() != 3:
         raise DataError(f"it is a {reader.GetDimension()}D image, not a 3D volume")
-    _check_geometry(reader.GetSpacing(), reader.GetDirection())
+    check_geometry(reader.GetSpacing(), reader.GetDirection())
     reader.SetOutputPixelType(sitk.sitkFloat32)
     return reader.Execute()
-
-
-def _check_geometry(spacing: tuple[float, ...], direction: tuple[float, ...]) -> None:
-    """Refuse a header whose geometry is impossible: ITK would hang or fail on it later
-    (an infinite orientation matrix sends it into an endless SVD)."""
-    spacing, direction = np.array(spacing), np.array(direction).reshape(3, 3)
-    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
-        raise DataError(f"its header spacing {tuple(spacing)} mm is not positive and finite")
-    if not (
-        np.isfinite(direction).all() and np.allclose(direction.T @ direction, np.eye(3), atol=1e-3)
-    ):
-        raise DataError(f"its orientation matrix {direction.ravel().tolist()} is not a rotation")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -277,64 +264,21 @@ def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk
     voxels = np.squeeze(voxels)
     if voxels.ndim != 3 or len(spacing) != 3:
         raise DataError(f"it holds an array of shape {voxels.shape}, not one 3D volume")
+    check_geometry(spacing)
     image = sitk.GetImageFromArray(np.ascontiguousarray(voxels.transpose(2, 1, 0), np.float32))
     image.SetSpacing(spacing)
     return image
 
 
-def _check_mhd_header(path: Path) -> None:
-    """MetaIO crashes the process on some impossible headers (``NDims = -1``): refuse them."""
-    fields = {}
-    for line in path.read_bytes()[:65536].decode("latin-1").splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            fields[key.strip()] = value.split()
-    try:
-        ndims = int(fields.get("NDims", ["3"])[0])
-        sizes = [int(v) for v in fields.get("DimSize", [])]
-    except (ValueError, IndexError) as error:
-        raise DataError(
-            f"its MetaImage header has a malformed NDims or DimSize ({error})"
-        ) from error
-    if not 2 <= ndims <= 4 or len(sizes) != ndims or min(sizes) < 1:
-        raise DataError(f"its MetaImage header says NDims {ndims} with DimSize {sizes}")
-
-
-def _check_nifti_complete(path: Path) -> None:
-    """ITK reads a truncated NIfTI without complaint (zero-filled voxels): refuse it here."""
-    if path.name.lower().endswith(".gz"):
-        with gzip.open(path) as stream:  # EOFError when the compressed stream is cut short
-            payload = sum(len(chunk) for chunk in iter(lambda: stream.read(1 << 24), b""))
-    else:
-        payload = path.stat().st_size
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    reader.ReadImageInformation()
-    header = {key: reader.GetMetaData(key) for key in reader.GetMetaDataKeys()}
-    dims = [int(header[f"dim[{i}]"]) for i in range(1, int(header["dim[0]"]) + 1)]
-    needed = int(float(header["vox_offset"])) + math.prod(dims) * int(header["bitpix"]) // 8
-    if payload < needed:
-        raise DataError(f"truncated: {payload} bytes where its header needs {needed}")
-
-
 def _resample(image: sitk.Image, spacing: tuple[float, float, float] | None) -> sitk.Image:
     """Linear resampling onto ``spacing``, keeping every sample inside the original extent."""
-    _check_geometry(image.GetSpacing(), image.GetDirection())  # arrays and DICOM too
+    check_geometry(image.GetSpacing(), image.GetDirection())  # arrays and DICOM too
     original = np.array(image.GetSpacing())
     if spacing is None or np.allclose(original, spacing):
         return image
     extent = (np.array(image.GetSize()) - 1) * original
-    if extent.max() > MAX_EXTENT_MM:
-        raise DataError(
-            f"its header spacing {tuple(original)} mm makes it {extent.max():.0f} mm long, more "
-            f"than the {MAX_EXTENT_MM} mm any body scan spans"
-        )
     size = (np.floor(extent / np.array(spacing) + 1e-6).astype(int) + 1).tolist()
-    if math.prod(size) > MAX_RESAMPLED_VOXELS:
-        raise DataError(
-            f"resampled to {spacing} mm it would have {size} voxels, more than the limit of "
-            f"{MAX_RESAMPLED_VOXELS:.2e}; is its header spacing {tuple(original)} mm right?"
-        )
+    check_resampled_size(tuple(original), extent, spacing, size)
     return sitk.Resample(
         image,
         size,
