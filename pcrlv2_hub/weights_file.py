@@ -103,15 +103,15 @@ def read_weights(
         except (SafetensorError, OSError, RuntimeError) as error:
             raise _corrupt(path, error) from error
     if not sha256_checked:
-        check_digest(tensors, metadata, path)
+        _check_digest(tensors, metadata, path)
     return tensors, metadata
 
 
-def check_digest(
+def _check_digest(
     tensors: dict[str, torch.Tensor], metadata: WeightsMetadata, path: str | os.PathLike
-) -> bool:
-    """True if ``tensors`` match the digest recorded in ``path``; raise if they do not;
-    False (with a notice) if the file records none."""
+) -> None:
+    """Raise if ``tensors`` differ from the digest recorded in ``path``; a notice if it
+    records none."""
     if metadata.tensor_digest is None:
         warnings.warn(
             f"{path} records no tensor digest (an older export or another tool's file), so "
@@ -119,7 +119,7 @@ def check_digest(
             UnverifiedWeightsWarning,
             stacklevel=3,
         )
-        return False
+        return
     actual = tensor_digest(tensors)
     if actual != metadata.tensor_digest:
         raise ChecksumMismatchError(
@@ -127,7 +127,6 @@ def check_digest(
             f"({actual} instead of {metadata.tensor_digest}); the file was changed or "
             "damaged after it was written. Download or export it again."
         )
-    return True
 
 
 def _open(path: str | os.PathLike, device: str = "cpu"):
@@ -164,18 +163,18 @@ def _parse_metadata(raw: dict[str, str], path: str | os.PathLike) -> WeightsMeta
         raise WeightsFormatError(
             f"{path}: its pcrlv2_hub metadata is not valid JSON ({error})."
         ) from error
-    malformed = WeightsFormatError(f"{path}: its pcrlv2_hub metadata is malformed.")
-    if not isinstance(described, dict):
-        raise malformed
-    metadata = WeightsMetadata(
-        described.get("architecture"),
-        described.get("arguments", {}),
-        described.get("provenance", {}),
-        described.get("tensor_digest"),
-    )
-    texts = (metadata.architecture, metadata.tensor_digest)
-    if not all(isinstance(d, dict) for d in (metadata.arguments, metadata.provenance)) or not all(
-        t is None or isinstance(t, str) for t in texts
-    ):
-        raise malformed
-    return metadata
+    if isinstance(described, dict):
+        metadata = WeightsMetadata(
+            described.get("architecture"),
+            described.get("arguments", {}),
+            described.get("provenance", {}),
+            described.get("tensor_digest"),
+        )
+        names = (metadata.architecture, metadata.tensor_digest)
+        if (
+            isinstance(metadata.arguments, dict)
+            and isinstance(metadata.provenance, dict)
+            and all(name is None or isinstance(name, str) for name in names)
+        ):
+            return metadata
+    raise WeightsFormatError(f"{path}: its pcrlv2_hub metadata is malformed.")

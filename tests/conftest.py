@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import locale
 import struct
 import zipfile
 from collections.abc import Iterator
@@ -21,15 +20,6 @@ from pcrlv2_hub.publish import Release, write_release
 
 SMALL_WIDTHS = (8, 16, 32, 64)
 REPO_ID = "pcrlv2-test/unet3d_tiny"
-
-
-@pytest.fixture(autouse=True)
-def _keep_locale() -> Iterator[None]:
-    """Writing DICOM with GDCM (the tests' fixtures do) leaves the process in the "C"
-    locale, after which later tests would decode subprocess output as ASCII."""
-    saved = locale.setlocale(locale.LC_ALL)
-    yield
-    locale.setlocale(locale.LC_ALL, saved)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from dicom_series import write_dicom_series
 
 from pcrlv2_hub.errors import DataError, DataWarning
 from pcrlv2_hub.pretrain.volumes import Preprocessing, find_volumes, prepare_volumes, read_volume
@@ -59,7 +60,7 @@ def test_mri_gets_a_percentile_window():
 def test_metaimage_and_dicom_series_read_back_equal_to_the_nifti(tmp_path):
     image = sitk.ReadImage(str(ABDOMEN))
     sitk.WriteImage(image, str(tmp_path / "ct.mhd"))  # writes ct.mhd + ct.raw, as LUNA16
-    _write_dicom_series(image, tmp_path / "series")
+    write_dicom_series(image, tmp_path / "series")
     expected = read_volume(ABDOMEN)
     assert expected.shape == (364, 301, 88)
     np.testing.assert_allclose(read_volume(tmp_path / "ct.mhd"), expected, atol=1e-6)
@@ -203,29 +204,3 @@ def test_sources_are_folders_globs_and_list_files(tmp_path):
     listing.write_text("# training split\nsite/a.nii.gz\n\n" + str(nested / "c.nii.gz") + "\n")
     assert find_volumes(listing) == sorted([nested / "c.nii.gz", tmp_path / "site/a.nii.gz"])
     assert find_volumes([listing, tmp_path / "site/b.nii.gz"]) == sorted(expected)
-
-
-def _write_dicom_series(image: sitk.Image, folder: Path) -> None:
-    """One CT slice per file, with the tags a series reader sorts and places them by."""
-    folder.mkdir()
-    image = sitk.Cast(image, sitk.sitkInt16)
-    direction = image.GetDirection()
-    orientation = "\\".join(str(v) for v in direction[0:7:3] + direction[1:8:3])
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        piece = image[:, :, k]
-        position = image.TransformIndexToPhysicalPoint((0, 0, k))
-        tags = {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1",
-            "0020|0037": orientation,
-            "0020|0032": "\\".join(str(v) for v in position),
-            "0020|0013": str(k + 1),
-            "0018|0050": str(image.GetSpacing()[2]),
-        }
-        for tag, value in tags.items():
-            piece.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(piece)

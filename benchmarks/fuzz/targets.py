@@ -10,8 +10,8 @@ tensors, or it changed silently.
 from __future__ import annotations
 
 import argparse
-import locale
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "pcrlv2_hub" / "sample_data"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from dicom_series import write_dicom_series  # noqa: E402  (the tests' DICOM writer)
+
 SMALL_WIDTHS = (4, 8, 8, 16)
 
 
@@ -46,37 +50,18 @@ def _crop_of_sample_ct() -> np.ndarray:
     return volume[z - 6 : z + 6, y - 12 : y + 12, x - 12 : x + 12].astype(np.int16)
 
 
-def _write_image(array_zyx: np.ndarray, path: Path, **options: Any) -> None:
+def _image(array_zyx: np.ndarray) -> Any:
     import SimpleITK as sitk
 
     image = sitk.GetImageFromArray(array_zyx)
     image.SetSpacing((1.5, 1.5, 3.0))
-    sitk.WriteImage(image, str(path), **options)
+    return image
 
 
-def _write_dicom_series(array_zyx: np.ndarray, folder: Path) -> None:
+def _write_image(array_zyx: np.ndarray, path: Path, **options: Any) -> None:
     import SimpleITK as sitk
 
-    folder.mkdir()
-    saved = locale.setlocale(locale.LC_ALL)  # GDCM leaves the process in the "C" locale
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for z, plane in enumerate(array_zyx):
-        image = sitk.GetImageFromArray(plane[None])
-        for tag, value in {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.1",
-            "0020|000e": "1.2.826.0.1.3680043.2.1125.1.1",
-            "0020|0013": str(z + 1),
-            "0020|0032": f"0\\0\\{3.0 * z}",
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-            "0028|0030": "1.5\\1.5",
-            "0018|0050": "3.0",
-        }.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
-        writer.Execute(image)
-    locale.setlocale(locale.LC_ALL, saved)
+    sitk.WriteImage(_image(array_zyx), str(path), **options)
 
 
 def _small_network_state() -> dict[str, torch.Tensor]:
@@ -149,7 +134,7 @@ def build_targets(work: Path) -> dict[str, Target]:
     targets.append(Target("mhd_raw", seed, "ct.mhd", ("ct.mhd", "ct.raw"), _read_volume, text=True))
 
     seed = folder("dicom")
-    _write_dicom_series(crop, seed / "series")
+    write_dicom_series(_image(crop), seed / "series")
     slices = tuple(sorted(f"series/{p.name}" for p in (seed / "series").iterdir()))
     targets.append(Target("dicom", seed, "series", slices, _read_volume))
 

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import locale
 import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -221,29 +218,18 @@ def _read_image(path: Path, preprocessing: Preprocessing) -> sitk.Image:
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
     """The series with the most slices (the scan, not a scout or a dose report)."""
-    with _locale_kept():
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        if not series:
-            raise DataError("no readable DICOM series in this folder")
-        files = max(
-            (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series),
-            key=len,
-        )
-        reader = sitk.ImageSeriesReader()
-        reader.SetFileNames(files)
-        reader.SetOutputPixelType(sitk.sitkFloat32)
-        return reader.Execute()
-
-
-@contextmanager
-def _locale_kept() -> Iterator[None]:
-    """GDCM switches the process to the "C" locale and leaves it there, after which Python
-    decodes text (``open``, ``subprocess``) as ASCII: put the caller's locale back."""
-    saved = locale.setlocale(locale.LC_ALL)
-    try:
-        yield
-    finally:
-        locale.setlocale(locale.LC_ALL, saved)
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise DataError("no readable DICOM series in this folder")
+    files = max(
+        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len
+    )
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    image = reader.Execute()
+    check_geometry(image.GetSpacing(), image.GetDirection())
+    return image
 
 
 def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk.Image:
@@ -272,7 +258,6 @@ def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk
 
 def _resample(image: sitk.Image, spacing: tuple[float, float, float] | None) -> sitk.Image:
     """Linear resampling onto ``spacing``, keeping every sample inside the original extent."""
-    check_geometry(image.GetSpacing(), image.GetDirection())  # arrays and DICOM too
     original = np.array(image.GetSpacing())
     if spacing is None or np.allclose(original, spacing):
         return image
