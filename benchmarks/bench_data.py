@@ -30,8 +30,8 @@ from torch.utils.data import default_collate
 
 from pcrlv2_hub.pretrain.crops import SubCropSampler
 from pcrlv2_hub.pretrain.dataset import SubCropDataset, corrupt_batch
+from pcrlv2_hub.pretrain.preparation import prepare_volumes
 from pcrlv2_hub.pretrain.views import ViewConfig3D
-from pcrlv2_hub.pretrain.volumes import prepare_volumes
 
 SAMPLE = Path(__file__).parents[1] / "pcrlv2_hub" / "sample_data" / "chest_ct.nii.gz"
 AUTHORS_CROP_S, AUTHORS_AUGMENT_S = 0.254, 0.0635

@@ -68,8 +68,8 @@ from pcrlv2_hub.pretrain.losses import (
     pcrlv2_loss,
     restoration_loss,
 )
+from pcrlv2_hub.pretrain.preparation import prepare_volumes
 from pcrlv2_hub.pretrain.views import ViewBatch, ViewConfig3D
-from pcrlv2_hub.pretrain.volumes import prepare_volumes
 
 SAMPLE = Path(__file__).parents[1] / "pcrlv2_hub" / "sample_data" / "chest_ct.nii.gz"
 VARIANTS: dict[str, dict[str, bool]] = {

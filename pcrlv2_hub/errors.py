@@ -69,7 +69,7 @@ class TrainingDivergedError(PCRLv2HubError):
 
 
 class DataWarning(UserWarning):
-    """Some training data was skipped (unreadable, truncated); the run goes on without it."""
+    """Some training data was skipped (unreadable, truncated) or is used with a caveat (padded)."""
 
 
 class UnverifiedWeightsWarning(UserWarning):

@@ -20,8 +20,8 @@ from pcrlv2_hub.pretrain.corruptions import (
 )
 from pcrlv2_hub.pretrain.crops import SubCropSampler
 from pcrlv2_hub.pretrain.dataset import SubCropDataset, corrupt_batch
+from pcrlv2_hub.pretrain.preparation import prepare_volumes
 from pcrlv2_hub.pretrain.views import ViewConfig2D, ViewConfig3D
-from pcrlv2_hub.pretrain.volumes import prepare_volumes
 
 CHEST = Path(__file__).parents[1] / "pcrlv2_hub" / "sample_data" / "chest_ct.nii.gz"
 RECIPE = ViewConfig3D()

@@ -13,8 +13,8 @@ from torch.utils.data import DataLoader
 
 from pcrlv2_hub.pretrain.crops import SubCropSampler
 from pcrlv2_hub.pretrain.dataset import SubCropDataset
+from pcrlv2_hub.pretrain.preparation import prepare_volumes
 from pcrlv2_hub.pretrain.views import ViewConfig3D
-from pcrlv2_hub.pretrain.volumes import prepare_volumes
 
 CHEST = Path(__file__).parents[1] / "pcrlv2_hub" / "sample_data" / "chest_ct.nii.gz"
 CONFIG = ViewConfig3D()

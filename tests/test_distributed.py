@@ -1,4 +1,4 @@
-"""``torchrun --nproc_per_node 2`` on the CPU (gloo) against one process, on the real CT.
+"""``torchrun`` on the CPU (gloo) against one process, on the real CT; two nodes simulated.
 
 PyTorch's SyncBatchNorm runs only on GPUs, so on gloo each process normalises with the
 statistics of its own half of the batch. One process reproduces exactly that with two
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,39 @@ def _parameters(output: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state["model"].items() if not k.endswith(buffers)}
 
 
+def _two_nodes(output: Path, root: Path) -> tuple[Path, str]:
+    """Two launchers on this machine as two nodes of one process each, with own caches."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "1",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+    ]
+    nodes = [
+        subprocess.Popen(
+            [*command, "--node_rank", str(node), "-m", "pcrlv2_hub.cli", *RUN,
+             "--output", str(output), "--cache-dir", str(root / f"node{node}_cache")],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **ONE_THREAD},
+        )
+        for node in (0, 1)
+    ]  # fmt: skip
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    for node, (_, stderr) in zip(nodes, outputs, strict=True):
+        assert node.returncode == 0, stderr[-3000:]
+    return output, outputs[0][0]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
     root = tmp_path_factory.mktemp("distributed")
@@ -71,7 +105,25 @@ def runs(tmp_path_factory) -> dict[str, tuple[Path, str]]:
         "torchrun": _pretrain(TORCHRUN, root / "torchrun", cache),
         "accumulated": _pretrain([], root / "accumulated", cache, "--accumulation", "2"),
         "whole_batch": _pretrain([], root / "whole_batch", cache),
+        "two_nodes": _two_nodes(root / "two_nodes", root),
     }
+
+
+def _data(output: Path) -> dict:
+    return json.loads((output / "summary.json").read_text())["data"]
+
+
+def test_the_ranks_share_the_decoding_into_one_cache(runs):
+    assert _data(runs["torchrun"][0])["decoded_per_rank"] == [1, 1]  # two CTs, one each
+    assert _data(runs["accumulated"][0])["decoded_per_rank"] == [0]  # all cached by then
+    # node-local caches: each node decodes everything once, for its ranks
+    assert _data(runs["two_nodes"][0])["decoded_per_rank"] == [2, 2]
+
+
+def test_two_nodes_train_the_same_weights_as_two_processes_on_one(runs):
+    nodes, single = _parameters(runs["two_nodes"][0]), _parameters(runs["torchrun"][0])
+    assert nodes.keys() == single.keys()
+    assert all(torch.equal(nodes[name], single[name]) for name in nodes)
 
 
 def test_two_processes_train_the_same_weights_as_one(runs):

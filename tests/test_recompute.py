@@ -20,9 +20,9 @@ from pcrlv2_hub.pretrain.config import SAMPLE_DATA
 from pcrlv2_hub.pretrain.crops import SubCropSampler
 from pcrlv2_hub.pretrain.dataset import SubCropDataset, corrupt_batch
 from pcrlv2_hub.pretrain.losses import draw_levels, pcrlv2_loss
+from pcrlv2_hub.pretrain.preparation import prepare_volumes
 from pcrlv2_hub.pretrain.views import ViewBatch, ViewConfig3D
 from pcrlv2_hub.pretrain.views2d import read_image
-from pcrlv2_hub.pretrain.volumes import prepare_volumes
 
 VIEWS = ViewConfig3D(global_size=(32, 32, 16), local_size=(8, 8, 8), num_locals=3)
 

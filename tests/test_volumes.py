@@ -14,7 +14,8 @@ import SimpleITK as sitk
 from dicom_series import write_dicom_series
 
 from pcrlv2_hub.errors import DataError, DataWarning
-from pcrlv2_hub.pretrain.volumes import Preprocessing, find_volumes, prepare_volumes, read_volume
+from pcrlv2_hub.pretrain.preparation import prepare_volumes
+from pcrlv2_hub.pretrain.volumes import Preprocessing, find_volumes, read_volume
 
 SAMPLES = Path(__file__).parents[1] / "pcrlv2_hub" / "sample_data"
 CHEST = SAMPLES / "chest_ct.nii.gz"  # 122 x 102 x 112 voxels at 1.5 mm, int16 HU

@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="continue the run in --output from its last checkpoint, exactly",
     )
+    parser.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="continue the run in --output if it has a checkpoint, else start it: for "
+        "torchrun --max-restarts, which restarts workers with the same command",
+    )
     add_config_arguments(parser)
     parser.set_defaults(handler=pretrain_command)
 
@@ -75,10 +81,13 @@ def pretrain_command(args: argparse.Namespace) -> int:
     import os
     import sys
 
+    from ..pretrain.checkpoint import LAST, PREVIOUS
     from ..pretrain.config import config_from_arguments, demo_settings
     from ..pretrain.trainer import pretrain, read_run_config
 
     given = config_from_arguments(args)
+    if args.auto_resume:
+        args.resume = any((Path(given.output) / name).exists() for name in (LAST, PREVIOUS))
     if args.resume:
         base = read_run_config(given.output)
     elif given.data is None:

@@ -97,6 +97,15 @@ HELP = {
     "progress": "show a progress bar",
     "export": "export safetensors + model card when the run ends",
     "cache_dir": "where decoded volumes are cached (default $PCRLV2_HUB_CACHE or ~/.cache)",
+    "prepare_workers": "processes decoding volumes into the cache per training process "
+    "(default: its cores divided by the processes on its node)",
+    "shared_cache": "the cache folder is one file system that all nodes see: split the "
+    "decoding over all ranks (default: each node decodes into its own cache, split over "
+    "its ranks)",
+    "prepare_timeout": "seconds a rank waits for the volumes other ranks decode before it "
+    "gives up naming them",
+    "dist_timeout": "seconds before a collective operation of the process group times out "
+    "(PyTorch's default: 600 on NCCL); decoding is not one, so it may take longer",
 }
 
 
@@ -131,6 +140,10 @@ class PretrainConfig:
     progress: bool = True
     export: bool = True
     cache_dir: str | None = None
+    prepare_workers: int | None = None
+    shared_cache: bool = False
+    prepare_timeout: float = 86400.0
+    dist_timeout: float = 1800.0
 
     def __post_init__(self) -> None:
         if self.dim not in PAPER_DEFAULTS:
@@ -152,6 +165,10 @@ class PretrainConfig:
             _positive("steps_per_epoch", self.steps_per_epoch)
         if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0 or self.workers < 0:
             raise InvalidInputError("lr must be > 0; momentum, weight_decay, workers >= 0.")
+        if self.prepare_workers is not None:
+            _positive("prepare_workers", self.prepare_workers)
+        if not (self.prepare_timeout > 0 and self.dist_timeout > 0):
+            raise InvalidInputError("prepare_timeout and dist_timeout are seconds > 0.")
         if self.batch_size % self.accumulation:
             raise InvalidInputError(
                 f"batch_size={self.batch_size} is not divisible by accumulation="
@@ -240,7 +257,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         elif _base(kind) is dict:
             parser.add_argument(
                 DICT_FLAGS[spec.name], dest=spec.name, action="append",
-                type=_assignment, default=None, metavar="NAME=JSON",
+                type=parse_assignment, default=None, metavar="NAME=JSON",
                 help=help_text + " (repeatable)",
             )  # fmt: skip
         elif _base(kind) is list:
@@ -317,7 +334,7 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
-def _assignment(text: str) -> tuple[str, Any]:
+def parse_assignment(text: str) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, not {text!r}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -37,8 +38,12 @@ class DistributedContext:
         return self.world_size > 1
 
 
-def start(device: str = "auto") -> DistributedContext:
-    """Read the launcher's environment, pick the device and join the process group."""
+def start(device: str = "auto", timeout_s: float = 1800.0) -> DistributedContext:
+    """Read the launcher's environment, pick the device and join the process group.
+
+    ``timeout_s`` bounds every collective operation; a rank that waits longer for the
+    others (one of them died, say) fails instead of hanging.
+    """
     if device not in DEVICES:
         raise InvalidInputError(f"device={device!r}; choose one of {DEVICES}.")
     if device == "cuda" and not torch.cuda.is_available():
@@ -54,7 +59,9 @@ def start(device: str = "auto") -> DistributedContext:
         torch.cuda.set_device(local_rank)
     here = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s)
+        )
     return DistributedContext(rank, world_size, local_rank, here)
 
 

@@ -27,6 +27,7 @@ class DataSummary:
 
     found: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # used, but with a caveat
 
     @property
     def used(self) -> int:
@@ -36,6 +37,11 @@ class DataSummary:
         """Record ``path`` as unusable and warn, naming the file and the reason."""
         self.skipped.append((str(path), reason))
         warnings.warn(f"skipping {path}: {reason}", DataWarning, stacklevel=3)
+
+    def note(self, path: str | os.PathLike, text: str) -> None:
+        """Record a caveat about a file that is used (a padded or multi-series volume), and warn."""
+        self.notes.append((str(path), text))
+        warnings.warn(f"{path}: {text}", DataWarning, stacklevel=3)
 
     def __str__(self) -> str:
         text = f"{self.used} of {self.found} data files usable"

@@ -38,7 +38,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
@@ -67,6 +66,7 @@ from .losses import (
     deep_supervision_weight,
     draw_levels,
 )
+from .run_data import prepare_run_data
 from .sharding import StepShardSampler
 from .views import ViewBatch
 
@@ -78,10 +78,10 @@ EXPORT = "export"
 TERMS = RESTORATION_TERMS + COMPARISON_TERMS
 RESUME_MAY_CHANGE = frozenset(
     {"output", "workers", "progress", "export", "compile", "cache_dir", "checkpoint_every",
-     "recompute_activations"}
+     "recompute_activations", "prepare_workers", "shared_cache", "prepare_timeout",
+     "dist_timeout"}
 )  # fmt: skip
 """Settings that do not change the math, so a resumed run may use other values."""
-_FILES_HASHED = 64  # provenance lists each data file's sha256 up to this many files
 _LEVEL_STREAM, _CORRUPTION_STREAM = 0, 1
 
 
@@ -114,7 +114,7 @@ def pretrain(
             f"{config.output} already holds a run (its {LAST}); continue it with --resume, "
             f"or pass another --output so that it is not overwritten."
         )
-    context = distributed.start(config.device)
+    context = distributed.start(config.device, config.dist_timeout)
     try:
         trainer = Trainer(config, context, command or " ".join(sys.argv))
         if resume:
@@ -168,7 +168,7 @@ class Trainer:
             )
         _seed_everything(config.seed)
         self.view_config = config.view_config()
-        sources, self.data_description = self._prepare_data()
+        sources, self.data_description = prepare_run_data(config, context)
         self.steps_per_epoch = config.steps_per_epoch or max(
             1, len(sources) * config.items_per_source // config.batch_size
         )
@@ -192,32 +192,6 @@ class Trainer:
         self.checkpointed_step = -1
 
     # --- set-up -------------------------------------------------------------------------
-
-    def _prepare_data(self) -> tuple[list[Any], dict[str, Any]]:
-        """The usable volumes (decoded into the cache, rank 0 first) or images."""
-        config = self.config
-        if self.context.is_distributed and not self.context.is_writer:
-            dist.barrier()  # wait for rank 0 to fill the volume cache
-        try:
-            if config.dim == 3:
-                from .volumes import prepare_volumes
-
-                prepared = prepare_volumes(
-                    config.data,
-                    config.volume_preprocessing(),
-                    cache_dir=config.cache_dir,
-                    progress=self.context.is_writer and config.progress,
-                )
-                sources = prepared.volumes
-            else:
-                from .views2d import prepare_images
-
-                prepared = prepare_images(config.data)
-                sources = prepared.paths
-        finally:  # release the others even when rank 0 fails: they then fail the same way
-            if self.context.is_distributed and self.context.is_writer:
-                dist.barrier()
-        return sources, _describe_data(config.data, prepared.paths, prepared.summary)
 
     def _dataset(self, sources: list[Any], items_per_epoch: int) -> Dataset:
         if self.config.dim == 3:
@@ -521,21 +495,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
         return
     kept = [r for r in report.read_metrics(path) if r["step"] <= step]
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _describe_data(source: str | None, paths: list[Path], summary: Any) -> dict[str, Any]:
-    """What the run trained on, for the provenance: files and checksums, or their count."""
-    from ..weights_file import sha256_file
-
-    description: dict[str, Any] = {
-        "source": source,
-        "found": summary.found,
-        "used": summary.used,
-        "skipped": [{"path": p, "reason": r} for p, r in summary.skipped],
-    }
-    if len(paths) <= _FILES_HASHED and all(p.is_file() for p in paths):
-        description["files"] = [{"name": p.name, "sha256": sha256_file(p)} for p in paths]
-    return description
 
 
 def _imagenet_resnet18_encoder() -> dict[str, torch.Tensor]:

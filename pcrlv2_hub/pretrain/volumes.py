@@ -1,13 +1,12 @@
-"""CT and MRI volumes in: read, resample, window, and decode once into a memory-mapped cache.
+"""CT and MRI volumes in: find, read, resample and window them.
 
 Reads NIfTI (``.nii``, ``.nii.gz``), MetaImage (``.mhd``/``.raw`` as LUNA16 ships,
 ``.mha``), NRRD, DICOM series folders (SimpleITK) and NumPy ``.npy``/``.npz``. Each
 volume is resampled to 1 mm (linear), clipped to the CT window [-1000, 1000] HU and
-scaled to [0, 1] as the authors did; MRI gets a percentile window instead. The result is
-written once as a float16 ``.npy`` in a cache keyed by the file's path, size and
-modification time and by the preprocessing, so epochs read memory-mapped voxels and
-never decompress again (float16 halves the cache and keeps ~1 HU resolution). The cache
-is C-ordered, (x, y, z) with z fastest, so that a crop reads contiguous runs of voxels.
+scaled to [0, 1] as the authors did; MRI gets a percentile window instead. Training
+decodes each volume once into a memory-mapped cache (``preparation.py``,
+``volume_cache.py``). A DICOM folder holding several series gives its largest (the scan,
+not a scout or a dose report), with a DataWarning naming the folder and the series left out.
 
 Arrays are indexed (x, y, z), like the authors' (SimpleITK's index order; the NumPy
 arrays SimpleITK returns are (z, y, x) and get transposed). ``.npy`` and ``.npz`` arrays
@@ -17,20 +16,16 @@ are taken as (x, y, z) and in HU for CT, with ``Preprocessing.array_spacing`` un
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
-from dataclasses import asdict, dataclass
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
-from ..errors import DataError, InvalidInputError
-from .sources import DataSource, DataSummary, expand_source
+from ..errors import DataError, DataWarning, InvalidInputError
+from .sources import DataSource, expand_source
 from .volume_checks import (
     check_geometry,
     check_mhd_header,
@@ -40,8 +35,6 @@ from .volume_checks import (
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".mhd", ".mha", ".nrrd", ".npy", ".npz")
 DICOM_SUFFIXES = (".dcm", ".ima")
-CACHE_FORMAT = "2"  # 2: C order (1 kept the transposed SimpleITK layout)
-_CACHE_DTYPE = np.float16
 
 
 @dataclass(frozen=True)
@@ -63,47 +56,6 @@ class Preprocessing:
             raise InvalidInputError("window and percentiles must be (low, high) with low < high.")
         if self.spacing is not None and min(self.spacing) <= 0:
             raise InvalidInputError(f"spacing must be positive millimetres, not {self.spacing}.")
-
-
-class CachedVolume:
-    """A decoded volume in the cache, memory-mapped on first use.
-
-    It pickles as its path, so DataLoader workers (fork or spawn) share the page cache
-    instead of copying voxels. Supports ``shape`` and slicing like an array.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self._array: np.ndarray | None = None
-
-    @property
-    def array(self) -> np.ndarray:
-        if self._array is None:
-            self._array = np.load(self.path, mmap_mode="r")
-        return self._array
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.array.shape
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        return self.array[key]
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "_array": None}
-
-    def __repr__(self) -> str:
-        return f"CachedVolume({str(self.path)!r})"
-
-
-@dataclass
-class PreparedVolumes:
-    """The usable volumes of a data source, what was skipped, and how many were decoded now."""
-
-    volumes: list[CachedVolume]
-    paths: list[Path]
-    summary: DataSummary
-    decoded: int  # decoded by this call; the others came from the cache
 
 
 def find_volumes(source: DataSource) -> list[Path]:
@@ -130,49 +82,6 @@ def read_volume(
         raise DataError("it is too large to read into memory") from error
     except Exception as error:  # any failure of a third-party reader on damaged bytes
         raise DataError(f"it cannot be read ({type(error).__name__}: {_reason(error)})") from error
-
-
-def prepare_volumes(
-    source: DataSource,
-    preprocessing: Preprocessing = Preprocessing(),
-    cache_dir: str | os.PathLike | None = None,
-    progress: bool = False,
-) -> PreparedVolumes:
-    """Find, decode (once) and memory-map every readable volume of ``source``.
-
-    An unreadable or truncated volume is skipped with a DataWarning naming it and is
-    counted in the summary; DataError when no volume is usable. ``cache_dir`` defaults
-    to ``$PCRLV2_HUB_CACHE/volumes`` (else ``~/.cache/pcrlv2_hub/volumes``).
-    """
-    paths = find_volumes(source)
-    cache = Path(cache_dir) if cache_dir is not None else _default_cache_dir()
-    try:
-        cache.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise DataError(
-            f"cannot create the volume cache {cache} ({error}); choose another "
-            f"folder with cache_dir (--cache-dir)."
-        ) from error
-    summary = DataSummary(found=len(paths))
-    volumes, used, decoded = [], [], 0
-    for path in tqdm(paths, desc="decoding volumes", unit="volume", disable=not progress):
-        target = cache / f"{_safe_stem(path)}-{_cache_key(path, preprocessing)}.npy"
-        if not target.exists():
-            try:
-                voxels = read_volume(path, preprocessing)
-            except DataError as error:
-                summary.skip(path, _reason(error))
-                continue
-            _save_atomically(target, np.ascontiguousarray(voxels, dtype=_CACHE_DTYPE))
-            decoded += 1
-        volumes.append(CachedVolume(target))
-        used.append(path)
-    if not volumes:
-        raise DataError(
-            f"none of the {len(paths)} volumes found in {source!s} could be read "
-            f"({summary}). Check that they are complete CT/MRI files in a supported format."
-        )
-    return PreparedVolumes(volumes, used, summary, decoded)
 
 
 def _is_volume(path: Path) -> bool:
@@ -221,9 +130,16 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
     series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not series:
         raise DataError("no readable DICOM series in this folder")
-    files = max(
-        (sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len
-    )
+    listed = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
+    files = max(listed, key=len)
+    if len(series) > 1:
+        others = sorted((len(f) for f in listed), reverse=True)[1:]
+        warnings.warn(
+            f"it holds {len(series)} DICOM series; using the largest ({len(files)} slices), "
+            f"leaving out {len(others)} with {', '.join(map(str, others))} slices",
+            DataWarning,
+            stacklevel=2,
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -287,43 +203,6 @@ def _window(voxels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     return np.clip(scaled, 0.0, 1.0, out=scaled)
 
 
-def _cache_key(path: Path, preprocessing: Preprocessing) -> str:
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
-    if path.name.lower().endswith(".mhd"):
-        files += [path.with_suffix(s) for s in (".raw", ".zraw") if path.with_suffix(s).exists()]
-    stamps = [(str(f.absolute()), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    description = {"format": CACHE_FORMAT, "files": stamps, "preprocessing": asdict(preprocessing)}
-    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:20]
-
-
-def _safe_stem(path: Path) -> str:
-    stem = path.name.split(".")[0] or "volume"
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)[:60]
-
-
-def _save_atomically(target: Path, array: np.ndarray) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.save(stream, array)
-        os.replace(temporary, target)
-    except OSError as error:
-        raise DataError(
-            f"cannot write the volume cache entry {target} ({error}); free some "
-            f"disk space or choose another cache_dir (--cache-dir)."
-        ) from error
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-
-
 def _reason(error: Exception) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 200 else text[:200] + "..."
-
-
-def _default_cache_dir() -> Path:
-    root = os.environ.get("PCRLV2_HUB_CACHE")
-    if root is None:
-        root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "pcrlv2_hub"
-    return Path(root) / "volumes"
