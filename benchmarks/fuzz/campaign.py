@@ -10,7 +10,9 @@ parent gives each case ``--timeout`` seconds and replaces a worker that hangs or
 
 Outcomes: ``refused`` (a ``PCRLv2HubError``), ``accepted`` (read, and for weights the
 tensors are exactly the seed's); findings: ``untyped`` (any other exception), ``memory``
-(``MemoryError``, or the limit hit), ``hang``, ``crash`` (the worker died), ``changed``
+(``MemoryError``, or the limit hit), ``kept`` (the worker holds over 256 MiB more after the
+case than before it: the reader leaked; the worker is replaced), ``hang``, ``crash`` (the
+worker died), ``changed``
 (weights loaded without an error but with other tensors). The goal is zero findings,
 except ``changed`` in files the package did not write (reported, not counted).
 """
@@ -32,19 +34,26 @@ import traceback
 import warnings
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mutations import mutate
-from targets import Target, build_targets, describe, tensors_equal
 
-FINDINGS = ("untyped", "memory", "hang", "crash", "changed")
+if TYPE_CHECKING:
+    from targets import Target
+
+# This module imports no torch at its top: readers that decode in child processes (DICOM)
+# re-run the main module there, and torch would cost each case a second.
+FINDINGS = ("untyped", "memory", "kept", "hang", "crash", "changed")
 KEPT_PER_KIND = 20
+KEPT_LIMIT_MIB = 256  # resident memory a worker may gain over a case before it is a leak
 
 
 def run_case(target: Target, case: int, seed: int, scratch: Path) -> dict[str, Any]:
     """Build case ``case`` of ``target`` in ``scratch`` and read it; its outcome."""
+    from targets import tensors_equal
+
     from pcrlv2_hub import PCRLv2HubError
 
     rng = random.Random(f"{seed}/{target.name}/{case}")
@@ -82,9 +91,22 @@ def _worker(connection: Any, targets: dict[str, Target], seed: int, memory_mib: 
     limit = size_kib * 1024 + memory_mib * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     scratch = Path(tempfile.mkdtemp(prefix="fuzz_case_"))
+    baseline = _resident_mib()
     while (job := connection.recv()) is not None:
         name, case = job
-        connection.send(run_case(targets[name], case, seed, scratch / "case"))
+        record = run_case(targets[name], case, seed, scratch / "case")
+        kept = _resident_mib() - baseline
+        if kept > KEPT_LIMIT_MIB:  # the reader did not give its memory back: a leak
+            record = {**record, "outcome": "kept", "then": record["outcome"],
+                      "error": f"{kept} MiB still held after the case"}  # fmt: skip
+        connection.send(record)
+        if record["outcome"] == "kept":
+            return  # a fresh worker for the next case, so that leaks do not pile up
+
+
+def _resident_mib() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) // 1024
 
 
 class Workers:
@@ -97,16 +119,18 @@ class Workers:
 
     def _start(self) -> None:
         self._connection, child = self._context.Pipe()
-        self._process = self._context.Process(
-            target=_worker, args=(child, *self._arguments), daemon=True
-        )
+        self._process = self._context.Process(target=_worker, args=(child, *self._arguments))
         self._process.start()
 
     def run(self, name: str, case: int, timeout: float) -> dict[str, Any]:
         self._connection.send((name, case))
         try:
             if self._connection.poll(timeout):
-                return self._connection.recv()
+                record = self._connection.recv()
+                if record["outcome"] == "kept":  # that worker has left
+                    self._process.join()
+                    self._start()
+                return record
             outcome = "hang"
         except EOFError:
             outcome = "crash"
@@ -123,6 +147,8 @@ class Workers:
 
 
 def campaign(args: argparse.Namespace) -> dict[str, Any]:
+    from targets import build_targets, describe  # here, not at the top: see below
+
     work = Path(tempfile.mkdtemp(prefix="fuzz_seeds_"))
     targets = build_targets(work)
     chosen = args.targets.split(",") if args.targets else list(targets)

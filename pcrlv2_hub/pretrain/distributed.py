@@ -60,9 +60,33 @@ def start(device: str = "auto", timeout_s: float = 1800.0) -> DistributedContext
     here = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group(
-            backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s)
+            backend="nccl" if use_cuda else "gloo",
+            timeout=timedelta(seconds=timeout_s),
+            **_fresh_store_after_restart(rank, world_size, timeout_s),
         )
     return DistributedContext(rank, world_size, local_rank, here)
+
+
+def _fresh_store_after_restart(rank: int, world_size: int, timeout_s: float) -> dict:
+    """After ``torchrun --max-restarts`` restarted the group, a key space of its own.
+
+    The agent's store outlives its workers, so a restarted rank may read the address a
+    killed peer published and connect to a dead port until it times out (seen under load:
+    "Gloo connectFullMesh failed ... Connection refused"). Prefixing the keys with the
+    restart count makes each attempt rendezvous among its own processes only.
+    """
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if not restart or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,
+        timeout=timedelta(seconds=timeout_s),
+    )
+    prefixed = dist.PrefixStore(f"pcrlv2_hub/restart_{restart}", store)
+    return {"store": prefixed, "rank": rank, "world_size": world_size}
 
 
 def stop() -> None:

@@ -17,14 +17,14 @@ are taken as (x, y, z) and in HU for CT, with ``Preprocessing.array_spacing`` un
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import DataError, DataWarning, InvalidInputError
+from ..errors import DataError, InvalidInputError
+from .dicom import read_dicom_series
 from .sources import DataSource, expand_source
 from .volume_checks import (
     check_geometry,
@@ -108,7 +108,7 @@ def _is_dicom_folder(folder: Path) -> bool:
 def _read_image(path: Path, preprocessing: Preprocessing) -> sitk.Image:
     name = path.name.lower()
     if path.is_dir():
-        return _read_dicom_series(path)
+        return read_dicom_series(path)
     if name.endswith((".npy", ".npz")):
         return _read_array(path, preprocessing.array_spacing)
     if name.endswith((".nii", ".nii.gz")):
@@ -123,29 +123,6 @@ def _read_image(path: Path, preprocessing: Preprocessing) -> sitk.Image:
     check_geometry(reader.GetSpacing(), reader.GetDirection())
     reader.SetOutputPixelType(sitk.sitkFloat32)
     return reader.Execute()
-
-
-def _read_dicom_series(folder: Path) -> sitk.Image:
-    """The series with the most slices (the scan, not a scout or a dose report)."""
-    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise DataError("no readable DICOM series in this folder")
-    listed = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series]
-    files = max(listed, key=len)
-    if len(series) > 1:
-        others = sorted((len(f) for f in listed), reverse=True)[1:]
-        warnings.warn(
-            f"it holds {len(series)} DICOM series; using the largest ({len(files)} slices), "
-            f"leaving out {len(others)} with {', '.join(map(str, others))} slices",
-            DataWarning,
-            stacklevel=2,
-        )
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.SetOutputPixelType(sitk.sitkFloat32)
-    image = reader.Execute()
-    check_geometry(image.GetSpacing(), image.GetDirection())
-    return image
 
 
 def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk.Image:
