@@ -118,3 +118,10 @@ def _reference(archive: Path, tmp_path: Path) -> Path:
     cache = tmp_path / "reference"
     prepare_volumes(archive, COARSE, cache, workers=1)
     return cache
+
+
+def test_the_share_is_of_the_node_or_with_a_shared_cache_of_all_ranks(monkeypatch):
+    for name, value in {"RANK": 5, "WORLD_SIZE": 8, "LOCAL_RANK": 1, "LOCAL_WORLD_SIZE": 4}.items():
+        monkeypatch.setenv(name, str(value))
+    assert Share.under_launcher() == Share(1, 4)  # node-local cache: this node's 4 ranks
+    assert Share.under_launcher(shared_cache=True) == Share(5, 8)
