@@ -63,7 +63,7 @@ class SubCropDataset(_SeededItems):
 
     Float32 in [0, 1] with the default ``G`` = (64, 64, 32), ``L`` = 6, ``Ls`` = 16^3;
     the sources are (x, y, z) arrays or
-    :class:`~pcrlv2_hub.pretrain.volumes.CachedVolume` entries.
+    :class:`~pcrlv2_hub.pretrain.volume_cache.CachedVolume` entries.
     """
 
     sampler: SubCropSampler
