@@ -125,3 +125,10 @@ def test_the_share_is_of_the_node_or_with_a_shared_cache_of_all_ranks(monkeypatc
         monkeypatch.setenv(name, str(value))
     assert Share.under_launcher() == Share(1, 4)  # node-local cache: this node's 4 ranks
     assert Share.under_launcher(shared_cache=True) == Share(5, 8)
+
+
+def test_a_cache_inside_the_data_folder_is_not_taken_for_data(tmp_path):
+    shutil.copy2(SAMPLES / "abdomen_ct.nii.gz", tmp_path / "ct.nii.gz")
+    for _ in range(2):  # the second run would find the first run's .npy entries
+        prepared = prepare_volumes(tmp_path, COARSE, tmp_path / "cache")
+        assert prepared.summary.found == 1 and [p.name for p in prepared.paths] == ["ct.nii.gz"]

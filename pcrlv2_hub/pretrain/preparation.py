@@ -113,8 +113,9 @@ def prepare_volumes(
     """
     started = time.monotonic()
     preprocessing = preprocessing or Preprocessing()
-    paths = find_volumes(source)
     cache = _open_cache(cache_dir)
+    inside = cache.absolute()
+    paths = [p for p in find_volumes(source) if inside not in p.absolute().parents]
     remove_orphaned_temporaries(cache)
     entries = [entry_path(cache, path, preprocessing) for path in paths]
     mine = [
