@@ -86,16 +86,14 @@ def _worker(connection: Any, targets: dict[str, Target], seed: int, memory_mib: 
     import SimpleITK as sitk
 
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
-    with open("/proc/self/status") as status:
-        size_kib = next(int(line.split()[1]) for line in status if line.startswith("VmSize:"))
-    limit = size_kib * 1024 + memory_mib * 2**20
+    limit = _status_kib("VmSize") * 1024 + memory_mib * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     scratch = Path(tempfile.mkdtemp(prefix="fuzz_case_"))
-    baseline = _resident_mib()
+    baseline = _status_kib("VmRSS") // 1024
     while (job := connection.recv()) is not None:
         name, case = job
         record = run_case(targets[name], case, seed, scratch / "case")
-        kept = _resident_mib() - baseline
+        kept = _status_kib("VmRSS") // 1024 - baseline
         if kept > KEPT_LIMIT_MIB:  # the reader did not give its memory back: a leak
             record = {**record, "outcome": "kept", "then": record["outcome"],
                       "error": f"{kept} MiB still held after the case"}  # fmt: skip
@@ -104,9 +102,10 @@ def _worker(connection: Any, targets: dict[str, Target], seed: int, memory_mib: 
             return  # a fresh worker for the next case, so that leaks do not pile up
 
 
-def _resident_mib() -> int:
+def _status_kib(field: str) -> int:
+    """A size this process reports in ``/proc/self/status`` (``VmSize``, ``VmRSS``), in KiB."""
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) // 1024
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
 
 
 class Workers:

@@ -49,18 +49,10 @@ def prepare_command(args: argparse.Namespace) -> int:
     import os
 
     from ..pretrain.config import config_from_arguments
-    from ..pretrain.preparation import Share, prepare_volumes
+    from ..pretrain.preparation import prepare_configured_volumes
 
     config = config_from_arguments(args)
-    prepared = prepare_volumes(
-        config.data,
-        config.volume_preprocessing(),
-        cache_dir=config.cache_dir,
-        workers=config.prepare_workers,
-        share=Share.under_launcher(config.shared_cache),
-        timeout_s=config.prepare_timeout,
-        progress=config.progress,
-    )
+    prepared = prepare_configured_volumes(config, config.progress)
     if os.environ.get("RANK", "0") != "0":
         return 0  # under torchrun, rank 0 reports for everyone
     summary = prepared.summary

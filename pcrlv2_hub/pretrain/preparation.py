@@ -28,6 +28,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -44,6 +45,9 @@ from .volume_cache import (
     write_skip,
 )
 from .volumes import Preprocessing, find_volumes, read_volume
+
+if TYPE_CHECKING:
+    from .config import PretrainConfig
 
 DEFAULT_TIMEOUT_S = 24 * 3600.0
 """How long a process waits for the other processes' shares of the decoding by default."""
@@ -64,7 +68,7 @@ class Share:
         """This process's share under torchrun (one share of everything without it)."""
         if shared_cache:
             return cls(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
-        return cls(int(os.environ.get("LOCAL_RANK", 0)), local_processes())
+        return cls(int(os.environ.get("LOCAL_RANK", 0)), _local_processes())
 
 
 @dataclass
@@ -123,7 +127,7 @@ def prepare_volumes(
         for i in range(share.index, len(paths), share.count)
         if not is_settled(entries[i])
     ]
-    decoded = _decode(mine, preprocessing, workers or default_workers(), progress)
+    decoded = _decode(mine, preprocessing, workers or _default_workers(), progress)
     _wait_for_the_others(entries, paths, started + timeout_s, progress)
     prepared = PreparedVolumes([], [], DataSummary(found=len(paths)), decoded, 0.0, 0)
     for path, entry in zip(paths, entries, strict=True):
@@ -146,12 +150,25 @@ def prepare_volumes(
     return prepared
 
 
-def default_workers() -> int:
+def prepare_configured_volumes(config: PretrainConfig, progress: bool) -> PreparedVolumes:
+    """:func:`prepare_volumes` with the data, preprocessing and settings of ``config``."""
+    return prepare_volumes(
+        config.data,
+        config.volume_preprocessing(),
+        cache_dir=config.cache_dir,
+        workers=config.prepare_workers,
+        share=Share.under_launcher(config.shared_cache),
+        timeout_s=config.prepare_timeout,
+        progress=progress,
+    )
+
+
+def _default_workers() -> int:
     """The cores this process may use, divided among the processes of its node."""
-    return max(1, len(os.sched_getaffinity(0)) // local_processes())
+    return max(1, len(os.sched_getaffinity(0)) // _local_processes())
 
 
-def local_processes() -> int:
+def _local_processes() -> int:
     """How many processes torchrun started on this node (1 without torchrun)."""
     return int(os.environ.get("LOCAL_WORLD_SIZE", 1))
 
@@ -197,7 +214,7 @@ def _decode_in_pool(
         **_ONE_TASK_PER_PROCESS,
     ) as pool:
         futures: dict[Future, tuple[Path, Path]] = {
-            pool.submit(decode_into_cache, source, entry, preprocessing): (source, entry)
+            pool.submit(_decode_into_cache, source, entry, preprocessing): (source, entry)
             for source, entry in work
         }
         for future in as_completed(futures):
@@ -210,7 +227,7 @@ def _decode_in_pool(
     return [item for item in lost if not is_settled(item[1])]
 
 
-def decode_into_cache(source: Path, entry: Path, preprocessing: Preprocessing) -> None:
+def _decode_into_cache(source: Path, entry: Path, preprocessing: Preprocessing) -> None:
     """Decode one source into its cache entry, or record why it cannot be used.
 
     What the readers warn about (a DICOM folder holding several series) is kept as notes

@@ -32,17 +32,9 @@ def prepare_run_data(
 
         images = prepare_images(config.data)
         return images.paths, describe_data(config.data, images.paths, images.summary)
-    from .preparation import Share, prepare_volumes
+    from .preparation import prepare_configured_volumes
 
-    prepared = prepare_volumes(
-        config.data,
-        config.volume_preprocessing(),
-        cache_dir=config.cache_dir,
-        workers=config.prepare_workers,
-        share=Share.under_launcher(config.shared_cache),
-        timeout_s=config.prepare_timeout,
-        progress=progress,
-    )
+    prepared = prepare_configured_volumes(config, progress)
     largest = tuple(max(sizes) for sizes in zip(*config.view_config().global_scales, strict=True))
     prepared.note_smaller_than(largest, "the largest global crop")
     decoded = torch.zeros(context.world_size, device=context.device)
