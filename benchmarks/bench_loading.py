@@ -76,6 +76,18 @@ checksum = sum(float(t.sum()) for t in model.state_dict().values())  # pages eve
 print(json.dumps({"seconds": seconds, "peak_mib": ready, "peak_touched_mib": peak_mib() - base}))
 """
 )
+# The same load with the check of the tensors taken out (the digest "computed" instantly):
+# what the check costs is the difference.
+UNCHECKED = OURS.replace(
+    "import torch, pcrlv2_hub.api",
+    """import sys, torch, pcrlv2_hub.api, pcrlv2_hub.weights_file as weights_file
+class Instant:
+    def __init__(self, *args, **kwargs):
+        self.digest = weights_file.read_metadata(sys.argv[1]).tensor_digest
+    def result(self):
+        return self.digest
+weights_file.start_digest = Instant""",
+)
 # A local file has no manifest sha256 behind it: its tensors are checked against the
 # digest the file records. How much of the load is that check?
 LOCAL = (
@@ -145,14 +157,21 @@ def main() -> None:
         entry.update(status="published")
         entry["weights"].update(repo_id=REPO_ID, revision=commit)
         (work / "manifest.json").write_text(json.dumps({"schema_version": 1, "models": [entry]}))
+        del entry["weights"]["tensor_digest"]  # a manifest from before tensor digests
+        (work / "manifest_sha256.json").write_text(
+            json.dumps({"schema_version": 1, "models": [entry]})
+        )
         load("unet3d_luna")  # the one download: fills the cache
         pickle_path = work / "official_style.pt"
         torch.save({"state_dict": network.state_dict()}, pickle_path)
 
     offline = {**env, "HF_HUB_OFFLINE": "1"}
-    ours, pickle, local = [], [], []
+    whole_file = {**offline, "PCRLV2_HUB_MANIFEST": str(work / "manifest_sha256.json")}
+    ours, unchecked, sha256, pickle, local = [], [], [], [], []
     for _ in range(args.repeats):
         ours.append(json.loads(run(OURS, offline)))
+        unchecked.append(json.loads(run(UNCHECKED, offline, str(release.weights_path))))
+        sha256.append(json.loads(run(OURS, whole_file)))
         pickle.append(json.loads(run(PICKLE, offline, str(pickle_path))))
         local.append(json.loads(run(LOCAL, offline, str(release.weights_path))))
     imports = [float(run(IMPORT, offline)) for _ in range(args.repeats)]
@@ -169,6 +188,17 @@ def main() -> None:
         "load_warm_cache_s": {"median": median(ours, "seconds"), "runs": ours},
         "pickle_path_s": {"median": median(pickle, "seconds"), "runs": pickle},
         "speedup_vs_pickle": median(pickle, "seconds") / median(ours, "seconds"),
+        # what checking the tensors against the manifest adds to a warm-cache load
+        "load_unchecked_s": {"median": median(unchecked, "seconds"), "runs": unchecked},
+        "check_cost_s": median(ours, "seconds") - median(unchecked, "seconds"),
+        "check_share_of_load": 1 - median(unchecked, "seconds") / median(ours, "seconds"),
+        "check_cost_paired_median_s": statistics.median(
+            a["seconds"] - b["seconds"] for a, b in zip(ours, unchecked, strict=True)
+        ),
+        # the same load when the manifest records no tensor digest: one sha256 stream
+        "load_whole_file_sha256_s": {"median": median(sha256, "seconds"), "runs": sha256},
+        "whole_file_sha256_share_of_load": 1
+        - median(unchecked, "seconds") / median(sha256, "seconds"),
         "load_local_file_s": {"median": median(local, "seconds"), "runs": local},
         "tensor_digest_s": median(local, "digest_seconds"),
         "digest_share_of_local_load": statistics.median(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -18,7 +20,7 @@ from torch import nn
 
 from .convert import is_pickle_path, read_official_checkpoint
 from .errors import IncompatibleWeightsError, InvalidInputError, WeightsFormatError
-from .hub import HF_HUB_PREFIX, fetch_hf_hub_weights, fetch_zoo_weights, is_pinned
+from .hub import HF_HUB_PREFIX, fetch_hf_hub_weights, open_zoo_weights
 from .loading import build_loaded
 from .manifest import get_entry, list_names
 from .models.encoders import (
@@ -29,9 +31,13 @@ from .models.encoders import (
 )
 from .models.registry import build_model
 from .models.segmentation import build_segmentation
-from .weights_file import read_metadata, read_weights
+from .weights_file import open_weights, read_metadata
 
 Device = str | torch.device | None
+
+
+def _already_verified() -> None:
+    """The tensors were checked before they were returned (or there are none)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,18 @@ class _Resolved:
     architecture: str
     arguments: dict[str, Any]
     state_dict: dict[str, torch.Tensor] | None
+    verify: Callable[[], None] = _already_verified
+    """Waits for the check of ``state_dict`` that runs while the network is built: call
+    it before returning anything made from the tensors."""
+
+    @contextmanager
+    def checked(self) -> Iterator[None]:
+        """Build inside this block: leaving it, even by an error (which a damaged file
+        explains better), waits for the check of the tensors and raises if it failed."""
+        try:
+            yield
+        finally:
+            self.verify()
 
     def describe(self) -> str:
         arguments = ", ".join(f"{k}={v!r}" for k, v in self.arguments.items())
@@ -72,9 +90,10 @@ def load(
     factory = partial(build_model, resolved.architecture, **resolved.arguments)
     if resolved.state_dict is None:
         return _place(factory(), device, dtype)
-    model = build_loaded(
-        factory, resolved.state_dict, strict=strict, description=resolved.describe()
-    )
+    with resolved.checked():
+        model = build_loaded(
+            factory, resolved.state_dict, strict=strict, description=resolved.describe()
+        )
     return _place(model, device, dtype)
 
 
@@ -111,24 +130,25 @@ def load_encoder(
     if pool is not None and segmentation_classes is not None:
         raise InvalidInputError("choose pool (classification) or segmentation_classes, not both.")
     resolved = _resolve(name, pretrained, weights, revision, cache_dir, device, overrides)
-    state = (
-        None
-        if resolved.state_dict is None
-        else encoder_state_dict(resolved.architecture, resolved.state_dict)
-    )
-    if segmentation_classes is not None:
-        model, report = build_segmentation(
-            resolved.architecture, resolved.arguments, segmentation_classes, state
+    with resolved.checked():
+        state = (
+            None
+            if resolved.state_dict is None
+            else encoder_state_dict(resolved.architecture, resolved.state_dict)
         )
-        model.transfer_report = report
-    else:
-        factory = partial(build_encoder, resolved.architecture, resolved.arguments)
-        description = f"the encoder of {resolved.describe()}"
-        model = (
-            factory()
-            if state is None
-            else build_loaded(factory, state, strict=strict, description=description)
-        )
+        if segmentation_classes is not None:
+            model, report = build_segmentation(
+                resolved.architecture, resolved.arguments, segmentation_classes, state
+            )
+            model.transfer_report = report
+        else:
+            factory = partial(build_encoder, resolved.architecture, resolved.arguments)
+            description = f"the encoder of {resolved.describe()}"
+            model = (
+                factory()
+                if state is None
+                else build_loaded(factory, state, strict=strict, description=description)
+            )
     if in_channels is not None:
         adapt_in_channels(model, in_channels)
     if pool is not None:
@@ -160,10 +180,10 @@ def _resolve(
     if weights is not None:
         if name is not None and entry is None:
             raise InvalidInputError("give either an hf-hub: name or weights=..., not both.")
-        state_dict, architecture, arguments = _read_local(weights, device, pretrained)
-        if entry is not None and architecture != entry.architecture:
+        resolved = _read_local(weights, device, pretrained)
+        if entry is not None and resolved.architecture != entry.architecture:
             raise IncompatibleWeightsError(
-                f"{weights} holds a {architecture} network but {entry.name} is a "
+                f"{weights} holds a {resolved.architecture} network but {entry.name} is a "
                 f"{entry.architecture}; drop the name to load the file as it is."
             )
     elif name is None:
@@ -172,34 +192,43 @@ def _resolve(
             "or pass weights='path/to/model.safetensors'."
         )
     elif entry is not None:
-        architecture, arguments, state_dict = entry.architecture, dict(entry.arguments), None
+        resolved = _Resolved(entry.architecture, dict(entry.arguments), None)
         if pretrained:
-            path = fetch_zoo_weights(entry, revision=revision, cache_dir=cache_dir)
-            checked = is_pinned(entry, revision)  # then fetch compared the manifest's sha256
-            state_dict, _ = read_weights(path, device=device or "cpu", sha256_checked=checked)
+            tensors, verify = open_zoo_weights(
+                entry, revision=revision, cache_dir=cache_dir, device=device or "cpu"
+            )
+            resolved = _Resolved(resolved.architecture, resolved.arguments, tensors, verify)
     else:
         path = fetch_hf_hub_weights(name, revision=revision, cache_dir=cache_dir)
-        if pretrained:
-            state_dict, metadata = read_weights(path, device=device or "cpu")
-        else:
-            state_dict, metadata = None, read_metadata(path)
-        architecture, arguments = _described(metadata.architecture, path), metadata.arguments
-    return _Resolved(architecture, {**arguments, **overrides}, state_dict)
+        resolved = _read_safetensors(path, device, pretrained)
+    return _Resolved(
+        resolved.architecture,
+        {**resolved.arguments, **overrides},
+        resolved.state_dict,
+        resolved.verify,
+    )
 
 
-def _read_local(
-    path: str | os.PathLike, device: Device, pretrained: bool
-) -> tuple[dict[str, torch.Tensor] | None, str, dict[str, Any]]:
+def _read_local(path: str | os.PathLike, device: Device, pretrained: bool) -> _Resolved:
     """A local file's network and, if ``pretrained``, its tensors (else only its header)."""
     if is_pickle_path(path):
         checkpoint = read_official_checkpoint(path)
         state_dict = checkpoint.state_dict if pretrained else None
-        return state_dict, checkpoint.architecture, checkpoint.arguments
+        return _Resolved(checkpoint.architecture, checkpoint.arguments, state_dict)
+    return _read_safetensors(path, device, pretrained)
+
+
+def _read_safetensors(path: str | os.PathLike, device: Device, pretrained: bool) -> _Resolved:
+    """A self-describing file's network; its tensors, checked against its own digest while
+    the network is built, if ``pretrained``."""
     if not pretrained:
         metadata = read_metadata(path)
-        return None, _described(metadata.architecture, path), metadata.arguments
-    state_dict, metadata = read_weights(path, device=device or "cpu")
-    return state_dict, _described(metadata.architecture, path), metadata.arguments
+        return _Resolved(_described(metadata.architecture, path), metadata.arguments, None)
+    opened = open_weights(path, device=device or "cpu")
+    metadata = opened.metadata
+    return _Resolved(
+        _described(metadata.architecture, path), metadata.arguments, opened.tensors, opened.verify
+    )
 
 
 def _described(architecture: str | None, path: str | os.PathLike) -> str:

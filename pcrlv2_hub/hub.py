@@ -12,7 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import torch
 
 from .atomic import atomic_output
 from .errors import (
@@ -20,10 +24,11 @@ from .errors import (
     DownloadError,
     InvalidInputError,
     OfflineError,
+    WeightsFormatError,
     WeightsNotPublishedError,
 )
 from .manifest import ModelEntry
-from .weights_file import sha256_file
+from .weights_file import open_weights, sha256_file
 
 HF_HUB_PREFIX = "hf-hub:"
 HF_HUB_FILENAME = "model.safetensors"
@@ -39,9 +44,17 @@ def is_pinned(entry: ModelEntry, revision: str | None) -> bool:
 
 
 def fetch_zoo_weights(
-    entry: ModelEntry, *, revision: str | None = None, cache_dir: str | os.PathLike | None = None
+    entry: ModelEntry,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    check_cached: bool = True,
 ) -> Path:
-    """The verified local file of a zoo entry: from the cache, the Hub, or a mirror."""
+    """The verified local file of a zoo entry: from the cache, the Hub, or a mirror.
+
+    ``check_cached=False``: a file already in the Hub cache is not hashed again when the
+    manifest records its tensor digest; the caller checks the tensors against it.
+    """
     if not entry.published:
         raise WeightsNotPublishedError(f"{entry.name}: {entry.info['note']}")
     source = entry.weights
@@ -57,6 +70,7 @@ def fetch_zoo_weights(
                 revision=revision or source.revision,
                 cache_dir=cache_dir,
                 sha256=source.sha256 if pinned else None,
+                check_cached=check_cached or not (pinned and source.tensor_digest),
             )
         except DownloadError as error:
             if not (source.mirrors and pinned):
@@ -119,13 +133,16 @@ def fetch_hub_file(
     revision: str | None,
     cache_dir: str | os.PathLike | None = None,
     sha256: str | None = None,
+    check_cached: bool = True,
 ) -> Path:
     """``hf_hub_download`` with package errors, then a sha256 check of the cached blob.
 
     Without ``sha256`` the blob's own name is the reference: the Hub names an LFS file's
-    blob by its sha256 (its ETag).
+    blob by its sha256 (its ETag). ``check_cached=False``: a file already cached for this
+    revision is returned unhashed, because the caller checks its tensors against a digest
+    from the manifest instead (see :func:`~pcrlv2_hub.weights_file.open_weights`).
     """
-    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
         EntryNotFoundError,
         LocalEntryNotFoundError,
@@ -134,6 +151,10 @@ def fetch_hub_file(
     )
 
     where = f"{repo_id}/{filename}@{revision or 'main'}"
+    if not check_cached and revision is not None:
+        cached = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
+        if isinstance(cached, str):
+            return Path(cached)
     try:
         path = Path(
             hf_hub_download(
@@ -177,8 +198,7 @@ def fetch_hub_file(
     if expected is not None:
         actual = sha256_file(blob)
         if actual != expected:
-            blob.unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+            _discard(path)
             raise ChecksumMismatchError(
                 f"{where}: sha256 {actual} differs from the expected {expected}. The bad file "
                 "was deleted from the cache; download again, and if it persists the file on "
@@ -223,6 +243,54 @@ def fetch_mirror_file(url: str, sha256: str, *, cache_dir: str | os.PathLike | N
     except requests.RequestException as error:
         raise DownloadError(f"{url}: download failed ({_first_line(error)}).") from error
     return target
+
+
+def open_zoo_weights(
+    entry: ModelEntry,
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[dict[str, torch.Tensor], Callable[[], None]]:
+    """A zoo entry's tensors, and the call that waits for their check against the manifest
+    (run while the caller builds the network). A cached file that fails, damaged after
+    its download, is deleted, so that the next load downloads it again."""
+    path = fetch_zoo_weights(entry, revision=revision, cache_dir=cache_dir, check_cached=False)
+    pinned = is_pinned(entry, revision)  # then the manifest is the reference
+    digest = entry.weights.tensor_digest if pinned else None
+    bundled = path == entry.weights.bundled_path
+    with _discarded_if_damaged(path, keep=bundled):
+        opened = open_weights(
+            path,
+            device,
+            expected_digest=digest,
+            sha256_checked=pinned and digest is None,  # fetch compared the file's sha256
+        )
+
+    def verify() -> None:
+        with _discarded_if_damaged(path, keep=bundled):
+            opened.verify()
+
+    return opened.tensors, verify
+
+
+@contextmanager
+def _discarded_if_damaged(path: Path, *, keep: bool) -> Iterator[None]:
+    try:
+        yield
+    except (ChecksumMismatchError, WeightsFormatError) as error:
+        if keep:
+            raise
+        _discard(path)
+        raise type(error)(
+            f"{error} The damaged file was deleted from the cache: load again to download it."
+        ) from None
+
+
+def _discard(path: Path) -> None:
+    """Delete a cached file: the blob a snapshot link points to, then the link."""
+    path.resolve().unlink(missing_ok=True)
+    path.unlink(missing_ok=True)
 
 
 def _first_line(error: Exception) -> str:

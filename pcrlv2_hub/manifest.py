@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError, UnknownModelError
+from .tensor_digest import PREFIX as TREE_PREFIX
+from .tensor_digest import scheme_of
 
 MANIFEST_ENV = "PCRLV2_HUB_MANIFEST"
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -81,6 +83,10 @@ class WeightsSource:
     sha256: str | None
     size: int | None
     bundled: str | None = None
+    tensor_digest: str | None = None
+    """The digest the file records of its tensors: with it, a cached file is checked by
+    hashing its tensors in threads while the network is built, instead of one sha256
+    stream over the whole file (which is still checked after every download)."""
 
     @property
     def bundled_path(self) -> Path | None:
@@ -167,6 +173,12 @@ def validate_entry(entry: dict[str, Any]) -> None:
         raise ManifestError(f"{where}: dimension must be 2 or 3.")
     if weights["sha256"] is not None and not _SHA256.fullmatch(weights["sha256"]):
         raise ManifestError(f"{where}: weights.sha256 must be 64 lower-case hex digits.")
+    digest = weights.get("tensor_digest")
+    if digest is not None and not (isinstance(digest, str) and scheme_of(digest)):
+        raise ManifestError(
+            f"{where}: weights.tensor_digest must be a digest such as "
+            f"'{TREE_PREFIX}<hex>', as `pcrlv2-hub verify` prints it."
+        )
     bundled = weights.get("bundled")
     if bundled is not None and (
         not isinstance(bundled, str) or Path(bundled).is_absolute() or ".." in Path(bundled).parts
@@ -234,6 +246,7 @@ def _read_cached(path: str, mtime_ns: int, size: int) -> dict[str, ModelEntry]:
                 weights["sha256"],
                 weights["size"],
                 weights.get("bundled"),
+                weights.get("tensor_digest"),
             ),
             golden=raw["golden"],
             info=raw,

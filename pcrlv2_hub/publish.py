@@ -22,7 +22,7 @@ from .errors import WeightsFormatError
 from .loading import build_loaded
 from .manifest import validate_entry
 from .models.registry import build_model
-from .weights_file import save_weights, sha256_file
+from .weights_file import read_metadata, save_weights, sha256_file
 
 WEIGHTS_NAME = "model.safetensors"
 CARD_NAME = "README.md"
@@ -126,6 +126,7 @@ def write_release(
             "mirrors": [],
             "sha256": sha256,
             "size": size,
+            "tensor_digest": read_metadata(weights_path).tensor_digest,
         },
         "license": "MIT",
         "pretraining_data": provenance.get("pretraining_data", "not recorded"),

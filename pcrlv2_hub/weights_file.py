@@ -8,8 +8,9 @@ path, nothing in it is ever unpickled, and every read checks the tensors against
 digest before returning them. One key with sorted JSON also makes the bytes reproducible:
 safetensors writes several metadata keys in an arbitrary order.
 
-Format 1 files (four ``pcrlv2_hub.*`` keys, no digest) still load, with a notice that
-their tensors could not be verified.
+Format 3 records a BLAKE3 digest. Format 2 files (a ``sha256:`` digest) are still
+checked, and format 1 files (four ``pcrlv2_hub.*`` keys, no digest) still load, with a
+notice that their tensors could not be verified.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import hashlib
 import json
 import os
 import warnings
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,9 @@ from safetensors.torch import save_file
 
 from .atomic import atomic_output
 from .errors import ChecksumMismatchError, UnverifiedWeightsWarning, WeightsFormatError
-from .tensor_digest import tensor_digest
+from .tensor_digest import scheme_of, start_digest, tensor_digest
 
-FORMAT_VERSION = "2"
+FORMAT_VERSION = "3"
 _KEY = "pcrlv2_hub"
 _V1_KEY_ARCH = "pcrlv2_hub.architecture"
 _V1_KEY_ARGS = "pcrlv2_hub.arguments"
@@ -45,7 +47,7 @@ class WeightsMetadata:
     arguments: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     tensor_digest: str | None = None
-    """``sha256:...`` of the tensors (:func:`~pcrlv2_hub.tensor_digest.tensor_digest`)."""
+    """``<scheme>:<hex>`` of the tensors (:func:`~pcrlv2_hub.tensor_digest.tensor_digest`)."""
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 22) -> str:
@@ -86,47 +88,94 @@ def read_metadata(path: str | os.PathLike) -> WeightsMetadata:
         return _parse_metadata(handle.metadata() or {}, path)
 
 
-def read_weights(
-    path: str | os.PathLike, device: str | torch.device = "cpu", *, sha256_checked: bool = False
-) -> tuple[dict[str, torch.Tensor], WeightsMetadata]:
-    """All tensors (read straight to ``device``) and the metadata of a safetensors file,
-    the tensors checked against the file's digest (:class:`ChecksumMismatchError`).
+@dataclass
+class OpenedWeights:
+    """Tensors read from a file, their digest still being checked by worker threads.
 
-    ``sha256_checked``: the whole file was just checked against a trusted sha256 (a zoo
-    manifest), which covers every byte the digest covers; hashing the tensors again would
-    only double the cost of loading.
+    Only :meth:`verify` makes them trustworthy: build the network meanwhile, then verify
+    before handing anything out, so that the check costs little more than nothing.
     """
+
+    path: Path
+    tensors: dict[str, torch.Tensor]
+    metadata: WeightsMetadata
+    expected: str | None
+    """The digest the tensors must have; None: nothing to check them against."""
+    pending: Future[str] | None
+
+    def verify(self) -> None:
+        """Raise :class:`ChecksumMismatchError` if the tensors differ from ``expected``."""
+        if self.pending is None:
+            return
+        actual = self.pending.result()
+        if actual != self.expected:
+            raise ChecksumMismatchError(
+                f"{self.path}: its tensors do not match the digest recorded in the file "
+                f"({actual} instead of {self.expected}); the file was changed or damaged "
+                "after it was written. Download or export it again."
+            )
+
+
+def open_weights(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    expected_digest: str | None = None,
+    sha256_checked: bool = False,
+) -> OpenedWeights:
+    """All tensors (read straight to ``device``) and the metadata of a safetensors file,
+    with the check of the tensors against the file's digest started in the background.
+
+    ``expected_digest``: the digest a trusted source (a zoo manifest) gives; the file must
+    record the same one. ``sha256_checked``: the whole file was just checked against a
+    trusted sha256, which covers every byte the digest covers, so nothing is hashed again.
+    """
+    path = Path(path)
     with _open(path, device=str(device)) as handle:
         metadata = _parse_metadata(handle.metadata() or {}, path)
         try:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, RuntimeError) as error:
             raise _corrupt(path, error) from error
-    if not sha256_checked:
-        _check_digest(tensors, metadata, path)
-    return tensors, metadata
-
-
-def _check_digest(
-    tensors: dict[str, torch.Tensor], metadata: WeightsMetadata, path: str | os.PathLike
-) -> None:
-    """Raise if ``tensors`` differ from the digest recorded in ``path``; a notice if it
-    records none."""
-    if metadata.tensor_digest is None:
-        warnings.warn(
-            f"{path} records no tensor digest (an older export or another tool's file), so "
-            "its tensors could not be verified; re-export or convert it to add one.",
-            UnverifiedWeightsWarning,
-            stacklevel=3,
-        )
-        return
-    actual = tensor_digest(tensors)
-    if actual != metadata.tensor_digest:
+    if sha256_checked:
+        return OpenedWeights(path, tensors, metadata, None, None)
+    recorded = metadata.tensor_digest
+    if expected_digest is not None and recorded != expected_digest:
         raise ChecksumMismatchError(
-            f"{path}: its tensors do not match the digest recorded in the file "
-            f"({actual} instead of {metadata.tensor_digest}); the file was changed or "
-            "damaged after it was written. Download or export it again."
+            f"{path} records the tensor digest {recorded}, but its source expects "
+            f"{expected_digest}: this is not the file it describes, or it was damaged. "
+            "Download it again."
         )
+    scheme = scheme_of(recorded) if recorded else None
+    if scheme is None:
+        why = (
+            "no tensor digest (an older export or another tool's file)"
+            if recorded is None
+            else f"a digest of a kind this version cannot check ({recorded.split(':')[0]})"
+        )
+        warnings.warn(
+            f"{path} records {why}, so its tensors could not be verified; re-export or "
+            "convert it to add one, or upgrade pcrlv2_hub.",
+            UnverifiedWeightsWarning,
+            stacklevel=2,
+        )
+        return OpenedWeights(path, tensors, metadata, None, None)
+    return OpenedWeights(path, tensors, metadata, recorded, start_digest(tensors, scheme))
+
+
+def read_weights(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    *,
+    expected_digest: str | None = None,
+    sha256_checked: bool = False,
+) -> tuple[dict[str, torch.Tensor], WeightsMetadata]:
+    """:func:`open_weights`, waiting for the check (:class:`ChecksumMismatchError`)."""
+    opened = open_weights(
+        path, device, expected_digest=expected_digest, sha256_checked=sha256_checked
+    )
+    opened.verify()
+    return opened.tensors, opened.metadata
 
 
 def _open(path: str | os.PathLike, device: str = "cpu"):

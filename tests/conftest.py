@@ -103,6 +103,15 @@ def published(hub: LoopbackHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     return zoo
 
 
+def flip_tensor_byte(path: Path, tensor: str, at: int = 5) -> None:
+    """Flip one bit of one byte inside ``tensor``'s data, leaving the header intact."""
+    data = bytearray(path.read_bytes())
+    header_size = struct.unpack("<Q", data[:8])[0]
+    start, _ = json.loads(data[8 : 8 + header_size])[tensor]["data_offsets"]
+    data[8 + header_size + start + at] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def flip_bit_in_largest_member(archive_path: Path) -> None:
     """Flip one bit in the middle of the largest member's bytes of a ``torch.save`` zip
     archive (a tensor's data), leaving every zip header intact."""

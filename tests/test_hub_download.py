@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ID, Published
+from conftest import REPO_ID, Published, flip_tensor_byte
 from hub_server import LoopbackHub
 
 import pcrlv2_hub
@@ -100,6 +100,34 @@ def test_checksum_mismatch_leaves_no_bad_file(
     assert cached_files(hf_cache(tmp_path)) == []
     del hub.faults["model.safetensors"]
     assert_same_network(pcrlv2_hub.load("tiny3d"), published.model)
+
+
+def test_a_cached_file_damaged_later_is_refused_then_downloaded_again(
+    published: Published, hub: LoopbackHub, tmp_path: Path
+):
+    """A warm load checks the tensors against the manifest's digest (not the file's
+    sha256): a byte flipped on disk after the download is still caught."""
+    pcrlv2_hub.load("tiny3d")
+    (snapshot,) = (hf_cache(tmp_path) / "models--pcrlv2-test--unet3d_tiny").glob("snapshots/*/*")
+    largest = max(published.model.state_dict().items(), key=lambda item: item[1].numel())[0]
+    flip_tensor_byte(snapshot.resolve(), largest)
+    hub.requests.clear()
+    with pytest.raises(ChecksumMismatchError, match=r"do not match the digest.*deleted from"):
+        pcrlv2_hub.load("tiny3d")
+    assert hub.requests == []  # the damaged file was found with no network call
+    assert cached_files(hf_cache(tmp_path)) == []
+    assert_same_network(pcrlv2_hub.load("tiny3d"), published.model)
+    assert [method for method, _ in hub.file_requests("model.safetensors")] == ["HEAD", "GET"]
+
+
+def test_the_file_must_record_the_manifest_tensor_digest(published: Published, tmp_path: Path):
+    digest = published.entry["weights"]["tensor_digest"]
+    assert digest.startswith("blake3:")
+    published.entry["weights"]["tensor_digest"] = digest[:-4] + "0000"
+    published.write_manifest()
+    with pytest.raises(ChecksumMismatchError, match="records the tensor digest"):
+        pcrlv2_hub.load("tiny3d")
+    assert cached_files(hf_cache(tmp_path)) == []
 
 
 def test_truncated_transfer_leaves_nothing_partial(

@@ -67,6 +67,7 @@ def test_unknown_names_get_suggestions(monkeypatch: pytest.MonkeyPatch):
         (lambda e: e.update(status="beta"), "status must be one of"),
         (lambda e: e.update(status="published"), "needs sha256, size and golden"),
         (lambda e: e["weights"].update(sha256="abc"), "64 lower-case hex"),
+        (lambda e: e["weights"].update(tensor_digest="md5:00"), "tensor_digest must be"),
         (lambda e: e["input"].pop("patch_size"), "input: the field 'patch_size'"),
         (lambda e: e["weights"].update(bundled="../../etc/x"), "a path inside the package"),
     ],

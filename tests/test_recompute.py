@@ -58,15 +58,25 @@ def _step(model: nn.Module, views: ViewBatch, recipes: bool, **autocast) -> torc
     ],
 )
 def test_recipes_give_the_plain_gradients_and_statistics(views, memory_format, autocast):
+    """Bit-identical gradients, except where the plain step itself is not reproducible:
+    on CPUs with bf16 instructions (seen on an AVX-512 Xeon) the bf16 weight gradient of
+    the smallest convolutions takes other values on every run, recipes or not. Those are
+    left out, and must stay few."""
     torch.manual_seed(0)
     plain = build_model("pcrlv2_unet3d", widths=(8, 16, 16, 32)).train()
     plain = plain.to(memory_format=memory_format)
-    lean = copy.deepcopy(plain)
+    lean, again = copy.deepcopy(plain), copy.deepcopy(plain)
     loss = _step(plain, views, recipes=False, **autocast)
     assert torch.equal(_step(lean, views, recipes=True, **autocast), loss)
-    for (name, a), b in zip(plain.named_parameters(), lean.parameters(), strict=True):
+    _step(again, views, recipes=False, **autocast)
+    trios = list(zip(plain.named_parameters(), lean.parameters(), again.parameters(), strict=True))
+    unreproducible = [
+        name for (name, a), _, c in trios if a.grad is not None and not torch.equal(a.grad, c.grad)
+    ]
+    assert len(unreproducible) <= len(trios) // 10, unreproducible
+    for (name, a), b, _ in trios:
         assert (a.grad is None) == (b.grad is None), name
-        if a.grad is not None:
+        if a.grad is not None and name not in unreproducible:
             assert torch.equal(a.grad, b.grad), name
     for (name, a), b in zip(plain.named_buffers(), lean.buffers(), strict=True):
         assert torch.equal(a, b), name  # BatchNorm's running statistics updated once
