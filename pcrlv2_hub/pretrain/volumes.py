@@ -72,10 +72,18 @@ def read_volume(
     DataError: the readers below (SimpleITK, gzip, NumPy, zipfile) fail in many ways on
     damaged bytes, and a run over a large archive must skip such a volume, not stop.
     """
+    image = read_image(path, preprocessing, resampled=True)
+    return window(sitk.GetArrayFromImage(image).transpose(2, 1, 0), preprocessing)
+
+
+def read_image(
+    path: str | os.PathLike, preprocessing: Preprocessing, *, resampled: bool
+) -> sitk.Image:
+    """One volume as a float32 SimpleITK image with its geometry, onto
+    ``preprocessing.spacing`` if ``resampled``; every reader failure is a DataError."""
     try:
-        image = _resample(_read_image(Path(path), preprocessing), preprocessing.spacing)
-        voxels = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-        return _window(voxels, preprocessing)
+        image = _read_image(Path(path), preprocessing)
+        return resample(image, preprocessing.spacing) if resampled else image
     except DataError:
         raise
     except MemoryError as error:
@@ -149,7 +157,7 @@ def _read_array(path: Path, default_spacing: tuple[float, float, float]) -> sitk
     return image
 
 
-def _resample(image: sitk.Image, spacing: tuple[float, float, float] | None) -> sitk.Image:
+def resample(image: sitk.Image, spacing: tuple[float, float, float] | None) -> sitk.Image:
     """Linear resampling onto ``spacing``, keeping every sample inside the original extent."""
     original = np.array(image.GetSpacing())
     if spacing is None or np.allclose(original, spacing):
@@ -170,7 +178,8 @@ def _resample(image: sitk.Image, spacing: tuple[float, float, float] | None) -> 
     )
 
 
-def _window(voxels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+def window(voxels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
+    """Intensities to [0, 1]: the CT window, or the MRI percentiles of this volume."""
     if preprocessing.modality == "ct":
         low, high = preprocessing.window
     else:

@@ -1,0 +1,203 @@
+"""Whole-volume segmentation data: layouts, geometry, patches and sliding windows, on real CT."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+import pcrlv2_hub
+from pcrlv2_hub import DataError, InvalidInputError
+from pcrlv2_hub.finetune.case_volumes import Geometry, load_case, restore_geometry
+from pcrlv2_hub.finetune.cases import Case, read_cases, split_cases
+from pcrlv2_hub.finetune.inference import predict_labels, predict_probabilities
+from pcrlv2_hub.finetune.patches import patch_transform
+from pcrlv2_hub.pretrain.volumes import Preprocessing
+
+DATA = Path(__file__).parent / "data"
+OPENKBP = DATA / "openkbp"
+ABDOMEN_CT = Path(pcrlv2_hub.__file__).parent / "sample_data" / "abdomen_ct.nii.gz"
+ABDOMEN_SEG = DATA / "totalsegmentator" / "example_seg.nii.gz"
+ORGANS = ["Brainstem", "SpinalCord", "RightParotid", "LeftParotid", "Esophagus", "Larynx",
+          "Mandible"]  # fmt: skip
+AS_IS = Preprocessing(spacing=None)
+
+
+@pytest.fixture
+def decathlon(tmp_path: Path) -> Path:
+    """The five OpenKBP test patients as a Decathlon folder; pt_3 has four organs contoured."""
+    root = tmp_path / "Task100_OpenKBP"
+    for folder in ("imagesTr", "labelsTr"):
+        (root / folder).mkdir(parents=True)
+    training = []
+    for image in sorted((OPENKBP / "images").glob("*.nii.gz")):
+        shutil.copy(image, root / "imagesTr" / image.name)
+        shutil.copy(OPENKBP / "labels" / image.name, root / "labelsTr" / image.name)
+        entry = {"image": f"./imagesTr/{image.name}", "label": f"./labelsTr/{image.name}"}
+        present = np.unique(
+            sitk.GetArrayFromImage(sitk.ReadImage(str(image).replace("images", "labels")))
+        )
+        if len(present) < 8:
+            entry["labelled"] = [int(v) for v in present if v]
+        training.append(entry)
+    labels = {"0": "background", **{str(i + 1): name for i, name in enumerate(ORGANS)}}
+    described = {"name": "OpenKBP", "modality": {"0": "CT"}, "labels": labels,
+                 "training": training, "test": []}  # fmt: skip
+    (root / "dataset.json").write_text(json.dumps(described))
+    return root
+
+
+def test_a_decathlon_folder_reads_with_its_partial_labels(decathlon: Path):
+    dataset = read_cases(decathlon)
+    assert dataset.num_classes == 8 and dataset.channel_names == ("CT",)
+    cases = {case.name: case for case in dataset.cases}
+    assert sorted(cases) == ["pt_13", "pt_201", "pt_215", "pt_3", "pt_4"]
+    assert cases["pt_3"].labelled is not None and len(cases["pt_3"].labelled) == 4
+    loaded = load_case(cases["pt_3"], Preprocessing(spacing=(4.0, 4.0, 4.0)), 8)
+    assert loaded.image.shape[0] == 1 and loaded.image.shape[1:] == loaded.label.shape
+    assert set(np.unique(loaded.label)) <= {0, *cases["pt_3"].labelled}
+    assert loaded.original == Geometry.of(sitk.ReadImage(str(cases["pt_3"].images[0])))
+    assert loaded.image.min() >= 0.0 and loaded.image.max() <= 1.0
+
+
+def test_seeded_splits_are_by_case_and_reproducible(decathlon: Path):
+    dataset = read_cases(decathlon)
+    splits = split_cases(dataset, seed=3, fractions=(0.2, 0.2))
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [3, 1, 1]
+    assert split_cases(dataset, seed=3) == splits
+    names = [c.name for s in splits.values() for c in s]
+    assert sorted(names) == sorted(c.name for c in dataset.cases)
+
+
+def test_a_brats_case_folder_loads_as_four_channels(tmp_path: Path):
+    """Four filterings of one real CT stand in for four co-registered MRI sequences."""
+    case = tmp_path / "brats" / "Case_001"
+    case.mkdir(parents=True)
+    ct = sitk.ReadImage(str(OPENKBP / "images" / "pt_4.nii.gz"), sitk.sitkFloat32)
+    sequences = {"t1": ct, "t1ce": sitk.SmoothingRecursiveGaussian(ct, 2.0), "t2": -ct,
+                 "flair": sitk.GradientMagnitude(ct)}  # fmt: skip
+    for sequence, image in sequences.items():
+        sitk.WriteImage(image, str(case / f"Case_001_{sequence}.nii.gz"))
+    label = sitk.ReadImage(str(OPENKBP / "labels" / "pt_4.nii.gz"))
+    sitk.WriteImage(sitk.Clamp(label, upperBound=2), str(case / "Case_001_seg.nii.gz"))
+    dataset = read_cases(tmp_path / "brats")
+    loaded = load_case(dataset.cases[0], Preprocessing(spacing=None, modality="mri"), 5)
+    assert loaded.image.shape == (4, 128, 128, 128)
+    assert dataset.channel_names == ("t1", "t1ce", "t2", "flair")
+    assert all(not np.array_equal(loaded.image[0], loaded.image[i]) for i in (1, 2, 3))
+    shutil.copy(OPENKBP / "images" / "pt_3.nii.gz", case / "Case_001_t2.nii.gz")  # another grid
+    with pytest.raises(DataError, match=r"Case_001_t2.nii.gz .* is not on the grid"):
+        load_case(read_cases(tmp_path / "brats").cases[0], AS_IS, 5)
+    (case / "Case_001_flair.nii.gz").unlink()
+    with pytest.raises(DataError, match="no flair sequence"):
+        read_cases(tmp_path / "brats")
+
+
+def test_a_csv_table_with_splits_and_labelled_classes(tmp_path: Path):
+    table = tmp_path / "cases.csv"
+    with open(table, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "label", "split", "labelled"])
+        writer.writerow(
+            [OPENKBP / "images/pt_4.nii.gz", OPENKBP / "labels/pt_4.nii.gz", "train", ""]
+        )
+        writer.writerow(
+            [OPENKBP / "images/pt_3.nii.gz", OPENKBP / "labels/pt_3.nii.gz", "val", "1 2 3 4"]
+        )
+    dataset = read_cases(table)
+    splits = split_cases(dataset)
+    assert [c.name for c in splits["train"]] == ["pt_4"] and splits["val"][0].labelled == (
+        1,
+        2,
+        3,
+        4,
+    )
+
+
+def test_bad_cases_are_clear_errors(tmp_path: Path):
+    mismatched = Case("mismatch", (ABDOMEN_CT,), OPENKBP / "labels" / "pt_4.nii.gz")
+    with pytest.raises(DataError, match="not on the image's grid"):
+        load_case(mismatched, AS_IS, 8)
+    with pytest.raises(DataError, match="outside the 3 classes"):
+        load_case(
+            Case("few", (OPENKBP / "images/pt_4.nii.gz",), OPENKBP / "labels/pt_4.nii.gz"), AS_IS, 3
+        )
+    empty = tmp_path / "empty.nii.gz"
+    label = sitk.ReadImage(str(OPENKBP / "labels" / "pt_4.nii.gz"))
+    sitk.WriteImage(label * 0, str(empty))
+    with pytest.raises(DataError, match="is empty"):
+        load_case(Case("empty", (OPENKBP / "images/pt_4.nii.gz",), empty), AS_IS, 8)
+    assert load_case(Case("none drawn", (OPENKBP / "images/pt_4.nii.gz",), empty, ()), AS_IS, 8)
+    (tmp_path / "dataset.json").write_text(
+        json.dumps({"labels": {"0": "bg"}, "training": [{"image": "x"}]})
+    )
+    with pytest.raises(DataError, match="needs 'image' and 'label'"):
+        read_cases(tmp_path)
+    with pytest.raises(InvalidInputError, match="not a segmentation dataset"):
+        read_cases(tmp_path / "nothing")
+
+
+def test_predictions_go_back_onto_the_input_grid():
+    """TotalSegmentator's real abdomen label map, resampled to 4.5 mm and back."""
+    case = Case("abdomen", (ABDOMEN_CT,), ABDOMEN_SEG)
+    loaded = load_case(case, Preprocessing(spacing=(4.5, 4.5, 4.5)), 118)
+    assert loaded.grid.spacing == (4.5, 4.5, 4.5) and loaded.grid.size != loaded.original.size
+    restored = restore_geometry(loaded.label, loaded)
+    assert Geometry.of(restored) == loaded.original
+    original = sitk.GetArrayFromImage(sitk.ReadImage(str(ABDOMEN_SEG)))
+    back = sitk.GetArrayFromImage(restored)
+    foreground = original > 0
+    overlap = (back[foreground] > 0).mean()
+    assert overlap > 0.85 and (back == original).mean() > 0.9
+
+
+@pytest.mark.parametrize("share", [0.0, 0.8])
+def test_foreground_oversampling_gives_that_share(share: float):
+    loaded = load_case(
+        Case("pt_4", (OPENKBP / "images/pt_4.nii.gz",), OPENKBP / "labels/pt_4.nii.gz"), AS_IS, 8
+    )
+    transform = patch_transform(
+        (24, 24, 24), foreground_share=share, patches_per_case=50, augment=False
+    )
+    transform.set_random_state(seed=0)
+    centred_on_organs = []
+    for _ in range(8):
+        for patch in transform({"image": loaded.image, "label": loaded.label[None]}):
+            assert patch["image"].shape == (1, 24, 24, 24) and patch["label"].shape == (
+                1,
+                24,
+                24,
+                24,
+            )
+            centred_on_organs.append(bool(patch["label"][0, 12, 12, 12] > 0))
+    assert abs(np.mean(centred_on_organs) - share) < 0.07  # 400 patches: 3.5 standard errors
+
+
+def test_a_patch_larger_than_the_volume_is_padded():
+    loaded = load_case(Case("abdomen", (ABDOMEN_CT,), ABDOMEN_SEG), AS_IS, 118)  # 30 slices
+    patches = patch_transform((32, 32, 48), patches_per_case=2)(
+        {"image": loaded.image, "label": loaded.label[None]}
+    )
+    assert all(p["image"].shape == (1, 32, 32, 48) for p in patches)
+
+
+def test_the_sliding_window_equals_a_whole_forward_where_the_volume_fits():
+    model = pcrlv2_hub.load_encoder("unet3d_openct_small", segmentation_classes=8)
+    volume = torch.rand(1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = torch.softmax(model(volume[None]), dim=1)[0]
+    windowed = predict_probabilities(model, volume, (32, 32, 32))
+    torch.testing.assert_close(windowed, whole, rtol=1e-5, atol=1e-6)
+    larger = torch.rand(1, 48, 40, 56, generator=torch.Generator().manual_seed(1))
+    probabilities = predict_probabilities(model, larger, (32, 32, 32), overlap=0.5)
+    assert probabilities.shape == (8, 48, 40, 56)
+    torch.testing.assert_close(probabilities.sum(0), torch.ones(48, 40, 56))
+    assert predict_labels(model, larger, (32, 32, 32)).shape == (48, 40, 56)
+    with pytest.raises(InvalidInputError, match="channels, x, y, z"):
+        predict_probabilities(model, larger[0], (32, 32, 32))
