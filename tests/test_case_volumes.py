@@ -14,11 +14,14 @@ import torch
 
 import pcrlv2_hub
 from pcrlv2_hub import DataError, InvalidInputError
+from pcrlv2_hub.cli import main
 from pcrlv2_hub.finetune.case_volumes import Geometry, load_case, restore_geometry
 from pcrlv2_hub.finetune.cases import Case, read_cases, split_cases
 from pcrlv2_hub.finetune.inference import predict_labels, predict_probabilities
 from pcrlv2_hub.finetune.patches import patch_transform
+from pcrlv2_hub.finetune.segmentation_metrics import case_metrics, summarise
 from pcrlv2_hub.pretrain.volumes import Preprocessing
+from pcrlv2_hub.weights_file import read_metadata
 
 DATA = Path(__file__).parent / "data"
 OPENKBP = DATA / "openkbp"
@@ -201,3 +204,66 @@ def test_the_sliding_window_equals_a_whole_forward_where_the_volume_fits():
     assert predict_labels(model, larger, (32, 32, 32)).shape == (48, 40, 56)
     with pytest.raises(InvalidInputError, match="channels, x, y, z"):
         predict_probabilities(model, larger[0], (32, 32, 32))
+
+
+def test_dice_and_hd95_agree_with_hand_computed_cases():
+    target = np.zeros((12, 12, 12), np.int64)
+    predicted = np.zeros_like(target)
+    target[2:6, 2:6, 2:6] = 1  # 64 voxels
+    predicted[3:7, 2:6, 2:6] = 1  # shifted by one voxel: 48 shared
+    target[2, 9, 2] = 2
+    predicted[2, 9, 6] = 2  # one voxel each, 4 voxels apart along z
+    metrics = case_metrics(predicted, target, 4, spacing=(1.0, 1.0, 2.5), labelled=(1, 2, 3))
+    assert metrics["dice"][0] == pytest.approx(2 * 48 / 128)
+    assert metrics["dice"][1] == 0.0 and metrics["hd95_mm"][1] == pytest.approx(4 * 2.5)
+    assert metrics["dice"][2] is None  # class 3: absent from both
+    assert case_metrics(predicted, target, 4, (1, 1, 1), labelled=(2,))["dice"][0] is None
+    summary = summarise([metrics, case_metrics(target, target, 4, (1, 1, 1))])
+    assert summary["dice"]["mean_per_class"][:2] == [pytest.approx((0.75 + 1) / 2), 0.5]
+
+
+def test_patch_training_writes_a_run_that_predicts_on_the_input_grid(decathlon: Path, tmp_path):
+    """A few steps on the real OpenKBP cases, resumed once, then `predict` on its images."""
+    run = tmp_path / "run"
+    common = ["--data", str(decathlon), "--weights", "unet3d_openct_small", "--output", str(run)]
+    common += [
+        "--spacing",
+        "6",
+        "6",
+        "6",
+        "--patch-size",
+        "32",
+        "32",
+        "32",
+        "--validate-every",
+        "2",
+    ]
+    assert main(["finetune-volumes", *common, "--steps", "2"]) == 0
+    assert main(["finetune-volumes", *common, "--steps", "4", "--resume"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert [v["step"] for v in results["history"]["validations"]] == [2, 4]
+    assert len(results["history"]["losses"]) == 4
+    (test_case,) = results["splits"]["test"]
+    per_class = results["test"]["cases"][test_case]["dice"]
+    assert len(per_class) == 7 and all(v is None or 0 <= v <= 1 for v in per_class)
+    assert (run / "example.png").stat().st_size > 10_000
+    assert read_metadata(run / "model.safetensors").tensor_digest
+    out = tmp_path / "predicted"
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--input",
+                str(decathlon / "imagesTr"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for image in sorted((decathlon / "imagesTr").glob("*.nii.gz")):
+        predicted = sitk.ReadImage(str(out / image.name))
+        assert Geometry.of(predicted) == Geometry.of(sitk.ReadImage(str(image)))
+        assert sitk.GetArrayFromImage(predicted).max() < 8

@@ -6,6 +6,6 @@ parsed arguments; heavy imports happen inside the handlers so ``--help`` stays f
 
 from __future__ import annotations
 
-from . import benchmark, finetune, hub, prepare, pretrain
+from . import benchmark, finetune, hub, prepare, pretrain, volumes
 
-COMMAND_MODULES: list = [hub, finetune, prepare, pretrain, benchmark]
+COMMAND_MODULES: list = [hub, finetune, volumes, prepare, pretrain, benchmark]

@@ -110,7 +110,7 @@ def _read_decathlon(root: Path) -> CaseDataset:
     cases = [_decathlon_case(root, entry, index, where) for index, entry in enumerate(entries)]
     for entry in described.get("test", []):
         image = entry["image"] if isinstance(entry, dict) else entry
-        cases.append(Case(_stem(Path(image)), _paths(root, image, where), split="test"))
+        cases.append(Case(case_name(Path(image)), _paths(root, image, where), split="test"))
     return CaseDataset(root, tuple(cases), _class_names(labels, where), channels)
 
 
@@ -119,7 +119,7 @@ def _decathlon_case(root: Path, entry: Any, index: int, where: Path) -> Case:
         raise DataError(f"{where}: training entry {index} needs 'image' and 'label' paths.")
     images = _paths(root, entry["image"], where)
     label = _paths(root, entry["label"], where)[0]
-    return Case(_stem(label), images, label, _labelled(entry.get("labelled"), where), None)
+    return Case(case_name(label), images, label, _labelled(entry.get("labelled"), where), None)
 
 
 def _read_brats(root: Path) -> CaseDataset:
@@ -169,7 +169,7 @@ def _read_table(table: Path) -> CaseDataset:
             raise DataError(f"{table}: 'labelled' lists class values, not {row['labelled']!r}.")
         classes = _labelled([int(c) for c in labelled] if labelled else None, table)
         highest = max(highest, *(classes or (0,)))
-        cases.append(Case(_stem(images[0]), images, label, classes, split))
+        cases.append(Case(case_name(images[0]), images, label, classes, split))
     names = ("background", *(f"class {i}" for i in range(1, highest + 1)))
     return CaseDataset(table.parent, tuple(cases), names, tuple(image_columns))
 
@@ -199,7 +199,8 @@ def _class_names(labels: dict[int, str], where: Path) -> tuple[str, ...]:
     return tuple(labels[i] for i in range(len(labels)))
 
 
-def _stem(path: Path) -> str:
+def case_name(path: Path) -> str:
+    """A volume file's name without its (possibly double) extension."""
     name = path.name
     for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".npy", ".npz"):
         if name.lower().endswith(suffix):
