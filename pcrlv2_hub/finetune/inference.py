@@ -10,6 +10,7 @@ output, never by a forward pass over the whole volume.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -19,7 +20,7 @@ from ..errors import InvalidInputError
 
 
 @torch.no_grad()
-def predict_probabilities(
+def predict_logits(
     model: nn.Module,
     image: torch.Tensor,
     window: Sequence[int],
@@ -28,10 +29,9 @@ def predict_probabilities(
     windows_per_batch: int = 2,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """(channels, x, y, z) -> (classes, x, y, z) softmax probabilities, on the CPU.
+    """(channels, x, y, z) -> (classes, x, y, z) blended logits, in host memory.
 
-    The windows run on ``device``; the blended output stays in host memory, so only the
-    windows of one batch occupy the accelerator.
+    The windows run on ``device``; only the windows of one batch occupy it.
     """
     if image.ndim != 4:
         raise InvalidInputError(
@@ -39,22 +39,36 @@ def predict_probabilities(
         )
     if not 0.0 <= overlap < 1.0:
         raise InvalidInputError(f"overlap must be in [0, 1), not {overlap}.")
-    model = model.eval()
     logits = sliding_window_inference(
         image[None].float(),
         roi_size=list(window),
         sw_batch_size=windows_per_batch,
-        predictor=model,
+        predictor=model.eval(),
         overlap=overlap,
         mode="gaussian",
         sw_device=device,
         device="cpu",
     )
-    return torch.softmax(logits[0], dim=0)
+    return logits[0]
+
+
+def predict_probabilities(
+    model: nn.Module, image: torch.Tensor, window: Sequence[int], **options: Any
+) -> torch.Tensor:
+    """(channels, x, y, z) -> (classes, x, y, z) softmax probabilities.
+
+    The softmax is taken in place: the output of a whole CT is gigabytes, and a second
+    copy would double the peak memory.
+    """
+    logits = predict_logits(model, image, window, **options)
+    logits -= logits.amax(dim=0, keepdim=True)
+    logits.exp_()
+    return logits.div_(logits.sum(dim=0, keepdim=True))
 
 
 def predict_labels(
-    model: nn.Module, image: torch.Tensor, window: Sequence[int], **options
+    model: nn.Module, image: torch.Tensor, window: Sequence[int], **options: Any
 ) -> torch.Tensor:
-    """(channels, x, y, z) -> (x, y, z) class values: the most probable class per voxel."""
-    return predict_probabilities(model, image, window, **options).argmax(dim=0)
+    """(channels, x, y, z) -> (x, y, z) class values: the most probable class per voxel
+    (the largest logit: no softmax needed)."""
+    return predict_logits(model, image, window, **options).argmax(dim=0)
