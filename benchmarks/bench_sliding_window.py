@@ -8,8 +8,8 @@ the bundled ``unet3d_openct_small`` encoder and 8 classes. Each size runs in a f
 subprocess; peak memory is the resident-set high-water mark (VmHWM, reset after the
 imports, the model and the volume are in memory), so what it measures is inference:
 
-    working memory = peak growth - the blended logits and vote counts MONAI keeps for
-                     the whole volume (classes + 1 floats per voxel) - the label map
+    working memory = peak growth - the blended logits and window counts MONAI keeps for
+                     the whole volume (classes + 1 floats per voxel)
 
 The goal: working memory bounded by the window batch, not the volume.
 
@@ -62,7 +62,7 @@ labels = predict_labels(model, image, (96, 96, 96), overlap=overlap, windows_per
 seconds = time.perf_counter() - start
 peak = status_mib("VmHWM:") - base
 voxels = int(np.prod(size))
-kept = voxels * (classes + 1) * 4 / 2**20 + labels.numel() * labels.element_size() / 2**20
+kept = voxels * (classes + 1) * 4 / 2**20
 print(json.dumps({"size": size, "seconds": seconds, "peak_growth_mib": peak,
                   "volume_mib": voxels * 4 / 2**20, "whole_volume_outputs_mib": kept,
                   "working_mib": peak - kept, "threads": torch.get_num_threads()}))

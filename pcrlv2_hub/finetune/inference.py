@@ -18,6 +18,9 @@ from torch import nn
 
 from ..errors import InvalidInputError
 
+_SLAB = 16
+"""Slices per argmax when labels are taken."""
+
 
 @torch.no_grad()
 def predict_logits(
@@ -69,6 +72,11 @@ def predict_probabilities(
 def predict_labels(
     model: nn.Module, image: torch.Tensor, window: Sequence[int], **options: Any
 ) -> torch.Tensor:
-    """(channels, x, y, z) -> (x, y, z) class values: the most probable class per voxel
-    (the largest logit: no softmax needed)."""
-    return predict_logits(model, image, window, **options).argmax(dim=0)
+    """(channels, x, y, z) -> (x, y, z) class values (uint8 up to 256 classes): the
+    largest logit per voxel, no softmax needed. Taken slab by slab, so that the int64
+    indices ``argmax`` makes never exist for the whole volume."""
+    logits = predict_logits(model, image, window, **options)
+    labels = torch.empty(logits.shape[1:], dtype=torch.uint8 if len(logits) <= 256 else torch.int64)
+    for start in range(0, labels.shape[-1], _SLAB):
+        labels[..., start : start + _SLAB] = logits[..., start : start + _SLAB].argmax(dim=0)
+    return labels
