@@ -19,7 +19,7 @@ from pcrlv2_hub.finetune.case_volumes import Geometry, load_case, restore_geomet
 from pcrlv2_hub.finetune.cases import Case, read_cases, split_cases
 from pcrlv2_hub.finetune.inference import predict_labels, predict_probabilities
 from pcrlv2_hub.finetune.patches import patch_transform
-from pcrlv2_hub.finetune.segmentation_metrics import case_metrics, summarise
+from pcrlv2_hub.finetune.segmentation_metrics import case_metrics, region_metrics, summarise
 from pcrlv2_hub.pretrain.volumes import Preprocessing
 from pcrlv2_hub.weights_file import read_metadata
 
@@ -91,7 +91,7 @@ def test_a_brats_case_folder_loads_as_four_channels(tmp_path: Path):
     sitk.WriteImage(sitk.Clamp(label, upperBound=2), str(case / "Case_001_seg.nii.gz"))
     dataset = read_cases(tmp_path / "brats")
     loaded = load_case(dataset.cases[0], Preprocessing(spacing=None, modality="mri"), 5)
-    assert loaded.image.shape == (4, 128, 128, 128)
+    assert loaded.image.shape == (4, 128, 128, 128) and loaded.image.dtype == np.float32
     assert dataset.channel_names == ("t1", "t1ce", "t2", "flair")
     assert all(not np.array_equal(loaded.image[0], loaded.image[i]) for i in (1, 2, 3))
     shutil.copy(OPENKBP / "images" / "pt_3.nii.gz", case / "Case_001_t2.nii.gz")  # another grid
@@ -218,6 +218,8 @@ def test_dice_and_hd95_agree_with_hand_computed_cases():
     assert metrics["dice"][1] == 0.0 and metrics["hd95_mm"][1] == pytest.approx(4 * 2.5)
     assert metrics["dice"][2] is None  # class 3: absent from both
     assert case_metrics(predicted, target, 4, (1, 1, 1), labelled=(2,))["dice"][0] is None
+    regions = region_metrics(predicted, target, {"1 or 2": (1, 2), "3": (3,)}, (1, 1, 1))
+    assert regions["dice"][0] == pytest.approx(2 * 48 / 130) and regions["dice"][1] is None
     summary = summarise([metrics, case_metrics(target, target, 4, (1, 1, 1))])
     assert summary["dice"]["mean_per_class"][:2] == [pytest.approx((0.75 + 1) / 2), 0.5]
 
@@ -267,3 +269,48 @@ def test_patch_training_writes_a_run_that_predicts_on_the_input_grid(decathlon: 
         predicted = sitk.ReadImage(str(out / image.name))
         assert Geometry.of(predicted) == Geometry.of(sitk.ReadImage(str(image)))
         assert sitk.GetArrayFromImage(predicted).max() < 8
+
+
+def test_the_brats_protocol_reports_the_tumour_regions(tmp_path: Path):
+    """Three BraTS-layout cases made of real CT and real labels (organs as tumour labels)."""
+    root = tmp_path / "brats"
+    for patient in ("pt_3", "pt_4", "pt_13"):
+        case = root / patient
+        case.mkdir(parents=True)
+        ct = sitk.ReadImage(str(OPENKBP / "images" / f"{patient}.nii.gz"), sitk.sitkFloat32)
+        for sequence, image in {"t1": ct, "t1ce": -ct, "t2": ct * 2, "flair": ct + 5}.items():
+            sitk.WriteImage(image, str(case / f"{patient}_{sequence}.nii.gz"))
+        organs = sitk.GetArrayFromImage(
+            sitk.ReadImage(str(OPENKBP / "labels" / f"{patient}.nii.gz"))
+        )
+        tumour = np.select([organs == 1, organs == 2, organs >= 3], [1, 2, 4], 0).astype(np.uint8)
+        seg = sitk.GetImageFromArray(tumour)
+        seg.CopyInformation(ct)
+        sitk.WriteImage(seg, str(case / f"{patient}_seg.nii.gz"))
+    run = tmp_path / "run"
+    arguments = ["finetune-volumes", "--data", str(root), "--protocol", "brats2018"]
+    arguments += [
+        "--output",
+        str(run),
+        "--spacing",
+        "8",
+        "8",
+        "8",
+        "--patch-size",
+        "16",
+        "16",
+        "16",
+    ]
+    arguments += ["--steps", "2"]
+    assert main(arguments) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["test"]["regions"]["names"] == [
+        "whole tumour",
+        "tumour core",
+        "enhancing tumour",
+    ]
+    (case,) = results["test"]["regions"]["cases"].values()
+    assert len(case["dice"]) == 3 and all(v is None or 0 <= v <= 1 for v in case["dice"])
+    stored = results["config"]["preprocessing"]
+    assert stored["modality"] == "mri" and stored["percentiles"] == [0.0, 100.0]
+    assert results["network"]["in_channels"] == 4 and results["classes"][4] == "enhancing tumour"

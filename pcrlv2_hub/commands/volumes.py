@@ -42,20 +42,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-cases", type=int, help="use only N training cases (by --seed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--protocol",
+        choices=("brats2018", "lits2017"),
+        help="the paper's settings for that task (normalisation, spacing, patch size, "
+        "reported regions); the flags below override them",
+    )
+    parser.add_argument(
         "--modality",
         choices=("ct", "mri"),
-        default="ct",
-        help="ct: window --window HU; mri: 0.5-99.5 percentiles per volume",
+        help="ct: window --window HU; mri: 0.5-99.5 percentiles per volume; default: ct",
     )
-    parser.add_argument("--window", type=float, nargs=2, default=(-1000.0, 1000.0))
+    parser.add_argument("--window", type=float, nargs=2, help="HU; default: -1000 1000")
     parser.add_argument(
         "--spacing",
         type=float,
         nargs=3,
-        default=(1.0, 1.0, 1.0),
-        help="resample to this spacing in mm (labels: nearest neighbour)",
+        help="resample to this spacing in mm (labels: nearest neighbour); default: 1 1 1",
     )
-    parser.add_argument("--patch-size", type=int, nargs=3, default=defaults.patch_size)
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=3,
+        help=f"default: {' '.join(map(str, defaults.patch_size))}",
+    )
     parser.add_argument(
         "--foreground-share",
         type=float,
@@ -90,20 +99,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from ..finetune.patch_training import PatchSettings
+    from ..finetune.protocols import get_protocol
     from ..finetune.volume_run import VolumeRunConfig, finetune_volumes
     from ..pretrain.volumes import Preprocessing
 
+    protocol = get_protocol(args.protocol) if args.protocol else None
+    preprocessing = protocol.preprocessing if protocol else Preprocessing()
+    given = {"spacing": args.spacing, "modality": args.modality, "window": args.window}
+    preprocessing = replace(
+        preprocessing, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v}
+    )
+    patch_size = args.patch_size or (
+        protocol.patch_size if protocol else PatchSettings().patch_size
+    )
     config = VolumeRunConfig(
         data=args.data,
         weights=args.weights,
         train_cases=args.train_cases,
         seed=args.seed,
-        preprocessing=Preprocessing(
-            spacing=tuple(args.spacing), modality=args.modality, window=tuple(args.window)
-        ),
+        preprocessing=preprocessing,
+        regions=protocol.regions if protocol else None,
         patches=PatchSettings(
-            patch_size=tuple(args.patch_size),
+            patch_size=tuple(patch_size),
             foreground_share=args.foreground_share,
             patches_per_case=args.patches_per_case,
             cases_per_step=args.cases_per_step,

@@ -31,7 +31,7 @@ from .inference import predict_labels
 from .losses import partial_label_loss
 from .overlay import write_overlay
 from .patches import patch_transform
-from .segmentation_metrics import case_metrics, summarise
+from .segmentation_metrics import case_metrics, region_metrics, summarise
 
 
 @dataclass(frozen=True)
@@ -163,10 +163,12 @@ def evaluate_cases(
     settings: PatchSettings,
     device: str | torch.device = "cpu",
     example: Path | None = None,
+    regions: dict[str, tuple[int, ...]] | None = None,
 ) -> dict[str, Any]:
     """Dice and HD95 per case and class on whole cases (sliding window), and their summary;
-    a picture of the first case at ``example`` if given."""
-    per_case = {}
+    per reported region too if ``regions`` are given (label value unions); a picture of
+    the first case at ``example`` if given."""
+    per_case, per_region = {}, {}
     for case in cases:
         loaded = load_case(case, preprocessing, num_classes)
         image = torch.from_numpy(loaded.image)
@@ -176,9 +178,23 @@ def evaluate_cases(
         per_case[case.name] = case_metrics(
             predicted, loaded.label, num_classes, loaded.grid.spacing, case.labelled
         )
+        if regions:
+            per_region[case.name] = region_metrics(
+                predicted, loaded.label, regions, loaded.grid.spacing
+            )
         if example is not None and len(per_case) == 1:
             write_overlay(loaded, predicted, example, num_classes)
-    return {"summary": summarise(list(per_case.values())) if per_case else None, "cases": per_case}
+    results = {
+        "summary": summarise(list(per_case.values())) if per_case else None,
+        "cases": per_case,
+    }
+    if regions:
+        results["regions"] = {
+            "names": list(regions),
+            "summary": summarise(list(per_region.values())) if per_region else None,
+            "cases": per_region,
+        }
+    return results
 
 
 def _validate(model, cases, num_classes, preprocessing, settings, device) -> float | None:

@@ -53,6 +53,23 @@ def case_metrics(
     return result
 
 
+def region_metrics(
+    predicted: np.ndarray,
+    target: np.ndarray,
+    regions: dict[str, tuple[int, ...]],
+    spacing: Sequence[float],
+) -> dict[str, list[float | None]]:
+    """Dice and HD95 of each region (a union of label values, e.g. BraTS's tumour core
+    = labels 1 and 4), in the order of ``regions``."""
+    result: dict[str, list[float | None]] = {"dice": [], "hd95_mm": []}
+    for values in regions.values():
+        binary = [np.isin(m, values).astype(np.int64) for m in (predicted, target)]
+        scored = case_metrics(*binary, 2, spacing)
+        result["dice"] += scored["dice"]
+        result["hd95_mm"] += scored["hd95_mm"]
+    return result
+
+
 def summarise(per_case: Sequence[dict[str, list[float | None]]]) -> dict[str, Any]:
     """Mean and standard deviation per class, and the mean over classes, of each metric."""
     summary: dict[str, Any] = {}

@@ -48,6 +48,8 @@ class VolumeRunConfig:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     patches: PatchSettings = field(default_factory=PatchSettings)
     device: str | None = None
+    regions: dict[str, tuple[int, ...]] | None = None
+    """Reported regions (label value unions) of a protocol preset, besides each class."""
 
 
 def finetune_volumes(
@@ -97,7 +99,8 @@ def finetune_volumes(
         described["network"],
         {"weights": described["weights"], "data": config.data},
     )
-    test = evaluate_cases(model, splits["test"], example=run_dir / EXAMPLE_FILE, **common)
+    example = run_dir / EXAMPLE_FILE
+    test = evaluate_cases(model, splits["test"], example=example, regions=config.regions, **common)
     results = {**described, "test": test, "history": history}
     write_text_atomic(run_dir / RESULTS_FILE, json.dumps(_json(results), indent=2) + "\n")
     return results

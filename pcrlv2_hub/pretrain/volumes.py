@@ -183,8 +183,8 @@ def window(voxels: np.ndarray, preprocessing: Preprocessing) -> np.ndarray:
     if preprocessing.modality == "ct":
         low, high = preprocessing.window
     else:
-        low, high = np.percentile(voxels, preprocessing.percentiles)
-        high = max(high, low + 1e-6)
+        low, high = (float(v) for v in np.percentile(voxels, preprocessing.percentiles))
+        high = max(high, low + 1e-6)  # floats: a NumPy float64 would make the volume float64
     scaled = (voxels.astype(np.float32) - low) / (high - low)
     return np.clip(scaled, 0.0, 1.0, out=scaled)
 
