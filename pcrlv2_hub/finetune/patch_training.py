@@ -5,7 +5,8 @@ Each case is read and resampled once (:func:`~.case_volumes.load_case`) and kept
 a few cases (:func:`~.patches.patch_transform`) in DataLoader workers. The loss counts
 only the classes each case labels. Every ``validate_every`` steps the network segments
 the whole validation cases by sliding window; the best mean Dice is kept. A checkpoint
-after each validation makes ``--resume`` continue where the run stopped.
+after each validation makes ``--resume`` continue where the run stopped. On CUDA the
+forward pass runs in bfloat16 (autocast; no loss scaling needed), the loss in float32.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import DataLoader, PersistentDataset, list_data_collate
-from monai.transforms import Compose
+from monai.transforms import Compose, Transform
 from torch import nn
 
 from ..errors import InvalidInputError
@@ -65,9 +66,10 @@ class PatchSettings:
             raise InvalidInputError("workers must be >= 0 and the learning rate positive.")
 
 
-class _CaseLoader:
-    """The deterministic head of the pipeline, cached by PersistentDataset: a case dict
-    of paths -> arrays (picklable for DataLoader workers)."""
+class _CaseLoader(Transform):
+    """The deterministic head of the pipeline: a case dict of paths -> arrays. A MONAI
+    ``Transform`` (PersistentDataset caches only up to the first transform that is not
+    one), picklable for DataLoader workers."""
 
     def __init__(self, preprocessing: Preprocessing, num_classes: int) -> None:
         self.preprocessing, self.num_classes = preprocessing, num_classes
@@ -82,7 +84,8 @@ class _CaseLoader:
         loaded = load_case(case, self.preprocessing, self.num_classes)
         labelled = np.zeros(self.num_classes, bool)
         labelled[[0, *(case.labelled or range(1, self.num_classes))]] = True
-        return {"image": loaded.image, "label": loaded.label[None], "labelled": labelled}
+        label = loaded.label.astype(np.uint8 if self.num_classes <= 256 else np.int64)
+        return {"image": loaded.image, "label": label[None], "labelled": labelled}
 
 
 def train_on_patches(
@@ -101,6 +104,7 @@ def train_on_patches(
 ) -> dict[str, Any]:
     """Train ``model`` in place; it ends holding the best validated weights. Returns the
     history (loss per step, validation Dice) and the best step."""
+    device = torch.device(device)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
@@ -118,9 +122,10 @@ def train_on_patches(
     while state["step"] < settings.steps:
         batch = next(patches)
         model.train()
-        logits = model(batch["image"].to(device))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(batch["image"].to(device))
         loss = partial_label_loss(
-            logits, batch["label"][:, 0].to(device), batch["labelled"].to(device)
+            logits.float(), batch["label"][:, 0].to(device), batch["labelled"].to(device)
         )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
