@@ -250,6 +250,8 @@ def test_patch_training_writes_a_run_that_predicts_on_the_input_grid(decathlon: 
     assert len(per_class) == 7 and all(v is None or 0 <= v <= 1 for v in per_class)
     assert (run / "example.png").stat().st_size > 10_000
     assert read_metadata(run / "model.safetensors").tensor_digest
+    cached = sorted((run / "cache").glob("*.pt"))  # each training case decoded once, kept
+    assert 1 <= len(cached) <= 3 and "image" in torch.load(cached[0], weights_only=False)
     out = tmp_path / "predicted"
     assert (
         main(
