@@ -224,7 +224,9 @@ def test_dice_and_hd95_agree_with_hand_computed_cases():
     assert summary["dice"]["mean_per_class"][:2] == [pytest.approx((0.75 + 1) / 2), 0.5]
 
 
-def test_patch_training_writes_a_run_that_predicts_on_the_input_grid(decathlon: Path, tmp_path):
+def test_patch_training_writes_a_run_that_predicts_on_the_input_grid(
+    decathlon: Path, tmp_path: Path, capsys
+):
     """A few steps on the real OpenKBP cases, resumed once, then `predict` on its images."""
     run = tmp_path / "run"
     common = ["--data", str(decathlon), "--weights", "unet3d_openct_small", "--output", str(run)]
@@ -241,6 +243,10 @@ def test_patch_training_writes_a_run_that_predicts_on_the_input_grid(decathlon: 
         "2",
     ]
     assert main(["finetune-volumes", *common, "--steps", "2"]) == 0
+    assert main(["finetune-volumes", *common, "--steps", "4"]) == 1  # no silent overwrite
+    assert "holds a run already" in capsys.readouterr().err
+    assert main(["finetune-volumes", *common, "--steps", "4", "--resume", "--lr", "0.1"]) == 1
+    assert "other settings" in capsys.readouterr().err
     assert main(["finetune-volumes", *common, "--steps", "4", "--resume"]) == 0
     results = json.loads((run / "results.json").read_text())
     assert [v["step"] for v in results["history"]["validations"]] == [2, 4]

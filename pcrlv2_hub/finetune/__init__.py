@@ -5,8 +5,15 @@
     ...                               weights="unet3d_luna", label_fraction=0.1, seed=0))
     >>> run.results["metrics"]["test"]["auc"], run.model  # the network with its best weights
 
-``pcrlv2-hub finetune`` is the same function on the command line. Names are imported on
-first use, so the command line's ``--help`` does not pay for importing torch.
+Whole CT/MRI volumes (patches, sliding windows, label maps on the input's grid):
+
+    >>> from pcrlv2_hub.finetune import VolumeRunConfig, finetune_volumes, load_run
+    >>> results = finetune_volumes(VolumeRunConfig(data="Task03_Liver"), "runs/liver")
+    >>> model, config = load_run("runs/liver")
+
+``pcrlv2-hub finetune``, ``finetune-volumes`` and ``predict`` are the same functions on the
+command line. Names are imported on first use, so ``--help`` does not pay for importing
+torch.
 """
 
 from __future__ import annotations
@@ -21,6 +28,13 @@ _LAZY = {
     "TASKS": ".tasks",
     "TrainingSettings": ".settings",
     "weights_option": ".networks",
+    "VolumeRunConfig": ".volume_run",
+    "finetune_volumes": ".volume_run",
+    "load_run": ".volume_run",
+    "PatchSettings": ".patch_training",
+    "read_cases": ".cases",
+    "predict_folder": ".prediction",
+    "PROTOCOLS": ".protocols",
 }
 
 __all__ = list(_LAZY)

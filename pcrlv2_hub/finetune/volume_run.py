@@ -75,6 +75,7 @@ def finetune_volumes(
             name: [c.name for c in cases] for name, cases in {**splits, "train": train}.items()
         },
     }
+    _check_run_folder(run_dir, described, resume)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, json.dumps(described, indent=2) + "\n")
     common = {
@@ -137,6 +138,30 @@ def preprocessing_of(described: dict[str, Any]) -> Preprocessing:
         if stored.get(key) is not None:
             stored[key] = tuple(stored[key])
     return Preprocessing(**stored)
+
+
+def _check_run_folder(run_dir: Path, described: dict[str, Any], resume: bool) -> None:
+    """Never train over another run's checkpoints, nor resume with other settings (more
+    steps excepted: extending a run is what resuming is for)."""
+    stored = run_dir / CONFIG_FILE
+    if not resume:
+        if (run_dir / "last.pt").exists():
+            raise InvalidInputError(
+                f"{run_dir} holds a run already; pass --resume to continue it, or another --output."
+            )
+        return
+    if not stored.is_file():
+        raise InvalidInputError(f"{run_dir} holds no run to resume; start it without --resume.")
+
+    def settings(config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, "patches": {**config["patches"], "steps": None}}
+
+    before = json.loads(stored.read_text(encoding="utf-8"))
+    if settings(before["config"]) != settings(described["config"]):
+        raise InvalidInputError(
+            f"{run_dir} was started with other settings than these (only --steps may change "
+            "on --resume); resume it with its own, or pass another --output."
+        )
 
 
 def _network(weights: str, num_classes: int, in_channels: int) -> dict[str, Any]:
