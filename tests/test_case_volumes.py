@@ -17,6 +17,7 @@ from pcrlv2_hub import DataError, InvalidInputError
 from pcrlv2_hub.cli import main
 from pcrlv2_hub.finetune.case_volumes import Geometry, load_case, restore_geometry
 from pcrlv2_hub.finetune.cases import Case, read_cases, split_cases
+from pcrlv2_hub.finetune.datasets import load_dataset
 from pcrlv2_hub.finetune.inference import predict_labels, predict_probabilities
 from pcrlv2_hub.finetune.patches import patch_transform
 from pcrlv2_hub.finetune.segmentation_metrics import case_metrics, region_metrics, summarise
@@ -322,3 +323,38 @@ def test_the_brats_protocol_reports_the_tumour_regions(tmp_path: Path):
     stored = results["config"]["preprocessing"]
     assert stored["modality"] == "mri" and stored["percentiles"] == [0.0, 100.0]
     assert results["network"]["in_channels"] == 4 and results["classes"][4] == "enhancing tumour"
+
+
+def test_classification_of_real_size_volumes_of_different_sizes(tmp_path: Path):
+    """Real CTs of three grids (128^3 head and neck, 122 x 101 x 30 abdomen, chest) in one CSV."""
+    chest = ABDOMEN_CT.parent / "chest_ct.nii.gz"
+    files = [*sorted((OPENKBP / "images").glob("*.nii.gz")), ABDOMEN_CT, chest]
+    rows = [("train", 0, 0), ("train", 5, 1), ("train", 1, 0), ("train", 6, 1)]
+    rows += [("val", 2, 0), ("val", 5, 1), ("test", 3, 0), ("test", 6, 1)]
+    table = tmp_path / "volumes.csv"
+    table.write_text(
+        "\n".join(
+            ["image,label,split", *(f"{files[i]},{label},{split}" for split, i, label in rows)]
+        )
+    )
+    with pytest.raises(DataError, match="differ in size"):
+        load_dataset(table, spatial_dims=3, segmentation=False)
+    dataset = load_dataset(table, 3, False, spacing=(4.0, 4.0, 4.0), volume_size=(48, 48, 32))
+    assert dataset.splits["train"].images.shape == (4, 1, 48, 48, 32)
+    output = tmp_path / "run"
+    arguments = [
+        "finetune",
+        "--task",
+        "classify3d",
+        "--data",
+        str(table),
+        "--weights",
+        "unet3d_openct_small",
+    ]
+    arguments += ["--spacing", "4", "4", "4", "--volume-size", "48", "48", "32", "--epochs", "1"]
+    assert main([*arguments, "--batch-size", "2", "--output", str(output)]) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert (
+        results["data"]["image_shape"] == [1, 48, 48, 32]
+        and 0 <= results["metrics"]["test"]["auc"] <= 1
+    )

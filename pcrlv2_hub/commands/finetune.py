@@ -86,6 +86,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULTS.patience,
         help="stop after this many epochs without a better validation loss; " + _DEFAULT,
     )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        help="CSV of volumes: resample each to this spacing in mm (real scans of any size)",
+    )
+    parser.add_argument(
+        "--volume-size",
+        type=int,
+        nargs=3,
+        help="CSV of volumes: then centre-crop or zero-pad each to this size",
+    )
     parser.add_argument("--device", help="e.g. cpu, cuda, cuda:1; default: cuda if available")
     parser.add_argument("--output", required=True, help="folder for results.json")
     parser.set_defaults(handler=run)
@@ -111,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
             linear_probe=args.linear_probe,
         ),
         device=args.device,
+        spacing=tuple(args.spacing) if args.spacing else None,
+        volume_size=tuple(args.volume_size) if args.volume_size else None,
     )
     results = finetune(config, output=args.output).results
     test = results["metrics"]["test"]

@@ -52,15 +52,27 @@ class Dataset:
     source: str
 
 
-def load_dataset(path: str | Path, spatial_dims: int, segmentation: bool) -> Dataset:
-    """Read ``path`` in whichever supported layout it is, and check it for the task."""
+def load_dataset(
+    path: str | Path,
+    spatial_dims: int,
+    segmentation: bool,
+    *,
+    spacing: tuple[float, float, float] | None = None,
+    volume_size: tuple[int, int, int] | None = None,
+) -> Dataset:
+    """Read ``path`` in whichever supported layout it is, and check it for the task.
+
+    ``spacing`` and ``volume_size`` bring the volumes of a CSV table (real scans of any
+    size) to one grid: resampled to ``spacing`` mm, then centre-cropped or padded.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass the dataset's file or folder with --data.")
     if path.suffix == ".npz":
         raw = readers.read_npz(path, "masks" if segmentation else "labels")
     elif path.suffix == ".csv" or (path / "labels.csv").is_file():
-        raw = readers.read_volume_table(path if path.suffix == ".csv" else path / "labels.csv")
+        table = path if path.suffix == ".csv" else path / "labels.csv"
+        raw = readers.read_volume_table(table, spacing=spacing, volume_size=volume_size)
     elif path.is_dir() and segmentation:
         raw = readers.read_volume_pairs(path)
     elif path.is_dir() and spatial_dims == 2:

@@ -66,8 +66,14 @@ def read_image_folders(root: Path) -> RawSplits:
     return raw
 
 
-def read_volume_table(table: Path) -> RawSplits:
-    """Volumes listed in a CSV with the columns ``image,label,split`` (paths relative to it)."""
+def read_volume_table(
+    table: Path,
+    *,
+    spacing: tuple[float, float, float] | None = None,
+    volume_size: tuple[int, int, int] | None = None,
+) -> RawSplits:
+    """Volumes listed in a CSV with the columns ``image,label,split`` (paths relative to it),
+    resampled to ``spacing`` and centre-cropped or padded to ``volume_size`` if given."""
     try:
         with open(table, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
@@ -93,7 +99,8 @@ def read_volume_table(table: Path) -> RawSplits:
             labels = np.array([int(row["label"]) for row in members])
         except ValueError as error:
             raise DataError(f"{table}: labels must be class indices 0, 1, ... ({error}).") from None
-        raw[split] = (_stack([_read_volume(f) for f in files], files), labels)
+        volumes = [_fitted(_read_volume(f, spacing), volume_size) for f in files]
+        raw[split] = (_stack(volumes, files), labels)
     return raw
 
 
@@ -165,15 +172,24 @@ def _read_image(path: Path) -> np.ndarray:
         ) from error
 
 
-def _read_volume(path: Path) -> np.ndarray:
-    """(x, y, z) voxels windowed to [0, 1] as in pretraining (CT: [-1000, 1000] HU), kept on
-    their own grid so that masks drawn on it still fit."""
+def _read_volume(path: Path, spacing: tuple[float, float, float] | None = None) -> np.ndarray:
+    """(x, y, z) voxels windowed to [0, 1] as in pretraining (CT: [-1000, 1000] HU), on
+    their own grid (so that masks drawn on it still fit) unless ``spacing`` is given."""
     from ..pretrain.volumes import Preprocessing, read_volume
 
     try:
-        return read_volume(path, Preprocessing(spacing=None))
+        return read_volume(path, Preprocessing(spacing=spacing))
     except DataError as error:
         raise DataError(f"cannot read the volume {path} ({error}).") from error
+
+
+def _fitted(volume: np.ndarray, size: tuple[int, int, int] | None) -> np.ndarray:
+    """``volume`` centre-cropped or zero-padded to ``size`` (MONAI), or as it is."""
+    if size is None:
+        return volume
+    from monai.transforms import ResizeWithPadOrCrop
+
+    return np.asarray(ResizeWithPadOrCrop(list(size))(volume[None]))[0]
 
 
 def _read_mask(path: Path) -> np.ndarray:

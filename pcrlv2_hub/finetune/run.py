@@ -46,6 +46,10 @@ class FinetuneConfig:
     """``cuda`` when available, else ``cpu``, unless given."""
     evaluated: tuple[str, ...] = ("train", "val", "test")
     """The splits whose final metrics are measured (a benchmark needs only ``test``)."""
+    spacing: tuple[float, float, float] | None = None
+    """CSV tables of volumes: resample each to this spacing (mm) first."""
+    volume_size: tuple[int, int, int] | None = None
+    """CSV tables of volumes: then centre-crop or pad each to this size."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -68,7 +72,13 @@ def finetune(config: FinetuneConfig, output: str | Path | None = None) -> Finetu
     """Run ``config``; its results are also written to ``output/results.json`` if given."""
     task = TASKS[config.task]
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dataset = load_dataset(config.data, task.spatial_dims, task.segmentation)
+    dataset = load_dataset(
+        config.data,
+        task.spatial_dims,
+        task.segmentation,
+        spacing=config.spacing,
+        volume_size=config.volume_size,
+    )
     splits = _prepared_splits(dataset, task, config.label_fraction, config.seed)
     model = build_network(
         task, config.weights, dataset.num_classes, config.in_channels, config.seed
