@@ -19,6 +19,7 @@ from pcrlv2_hub.finetune.case_volumes import Geometry, load_case, restore_geomet
 from pcrlv2_hub.finetune.cases import Case, read_cases, split_cases
 from pcrlv2_hub.finetune.datasets import load_dataset
 from pcrlv2_hub.finetune.inference import predict_labels, predict_probabilities
+from pcrlv2_hub.finetune.patch_training import _CaseLoader
 from pcrlv2_hub.finetune.patches import patch_transform
 from pcrlv2_hub.finetune.segmentation_metrics import case_metrics, region_metrics, summarise
 from pcrlv2_hub.pretrain.volumes import Preprocessing
@@ -98,6 +99,8 @@ def test_a_brats_case_folder_loads_as_four_channels(tmp_path: Path):
     shutil.copy(OPENKBP / "images" / "pt_3.nii.gz", case / "Case_001_t2.nii.gz")  # another grid
     with pytest.raises(DataError, match=r"Case_001_t2.nii.gz .* is not on the grid"):
         load_case(read_cases(tmp_path / "brats").cases[0], AS_IS, 5)
+    (case / "Case_001_seg.nii.gz").unlink()  # an unlabelled set, such as BraTS validation
+    assert read_cases(tmp_path / "brats").cases[0].label is None
     (case / "Case_001_flair.nii.gz").unlink()
     with pytest.raises(DataError, match="no flair sequence"):
         read_cases(tmp_path / "brats")
@@ -116,12 +119,10 @@ def test_a_csv_table_with_splits_and_labelled_classes(tmp_path: Path):
         )
     dataset = read_cases(table)
     splits = split_cases(dataset)
-    assert [c.name for c in splits["train"]] == ["pt_4"] and splits["val"][0].labelled == (
-        1,
-        2,
-        3,
-        4,
-    )
+    assert [c.name for c in splits["train"]] == ["pt_4"]
+    assert splits["val"][0].labelled == (1, 2, 3, 4)
+    assert dataset.num_classes == 8  # from the label maps: a CSV names no classes
+    assert load_case(splits["train"][0], AS_IS, dataset.num_classes).label.max() == 7
 
 
 def test_bad_cases_are_clear_errors(tmp_path: Path):
@@ -138,6 +139,14 @@ def test_bad_cases_are_clear_errors(tmp_path: Path):
     with pytest.raises(DataError, match="is empty"):
         load_case(Case("empty", (OPENKBP / "images/pt_4.nii.gz",), empty), AS_IS, 8)
     assert load_case(Case("none drawn", (OPENKBP / "images/pt_4.nii.gz",), empty, ()), AS_IS, 8)
+    partial = Case(
+        "pt_4", (OPENKBP / "images/pt_4.nii.gz",), OPENKBP / "labels/pt_4.nii.gz", (1, 2)
+    )
+    with pytest.raises(DataError, match=r"says it labels the classes \[1, 2\]"):
+        load_case(partial, AS_IS, 8)
+    item = {"name": "none drawn", "images": [str(OPENKBP / "images/pt_4.nii.gz")],
+            "label": str(empty), "labelled": []}  # fmt: skip
+    assert _CaseLoader(AS_IS, 8)(item)["labelled"].tolist() == [True] + [False] * 7
     (tmp_path / "dataset.json").write_text(
         json.dumps({"labels": {"0": "bg"}, "training": [{"image": "x"}]})
     )
@@ -278,6 +287,14 @@ def test_patch_training_writes_a_run_that_predicts_on_the_input_grid(
         predicted = sitk.ReadImage(str(out / image.name))
         assert Geometry.of(predicted) == Geometry.of(sitk.ReadImage(str(image)))
         assert sitk.GetArrayFromImage(predicted).max() < 8
+    for subject in ("s0001", "s0002"):  # TotalSegmentator-style: every scan is ct.nii.gz
+        (tmp_path / "subjects" / subject).mkdir(parents=True)
+        shutil.copy(
+            decathlon / "imagesTr" / "pt_4.nii.gz", tmp_path / "subjects" / subject / "ct.nii.gz"
+        )
+    subjects = ["predict", "--run", str(run), "--input", str(tmp_path / "subjects")]
+    assert main([*subjects, "--output", str(out)]) == 0
+    assert (out / "s0001_ct.nii.gz").is_file() and (out / "s0002_ct.nii.gz").is_file()
 
 
 def test_the_brats_protocol_reports_the_tumour_regions(tmp_path: Path):

@@ -77,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validate-every", type=int, default=defaults.validate_every)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--workers", type=int, default=defaults.workers)
+    parser.add_argument(
+        "--mirror-axes",
+        type=int,
+        nargs="*",
+        default=defaults.mirror_axes,
+        help="axes flipped at random (0 1 2 = x y z); leave out 0 when classes have a side",
+    )
     parser.add_argument("--device", help="e.g. cpu, cuda; default: cuda if available")
     parser.set_defaults(handler=run_finetune)
 
@@ -131,6 +138,7 @@ def run_finetune(args: argparse.Namespace) -> int:
             validate_every=args.validate_every,
             lr=args.lr,
             workers=args.workers,
+            mirror_axes=tuple(args.mirror_axes),
         ),
         device=args.device,
     )

@@ -83,14 +83,16 @@ def load_case(case: Case, preprocessing: Preprocessing, num_classes: int) -> Loa
 
 def restore_geometry(labels: np.ndarray, loaded: LoadedCase) -> sitk.Image:
     """A label map predicted on ``loaded``'s resampled grid, on the input's original grid."""
-    on_grid = sitk.GetImageFromArray(np.ascontiguousarray(labels.transpose(2, 1, 0), np.uint8))
+    wide = labels.max(initial=0) > 255  # TotalSegmentator has 117 classes, others more
+    dtype, pixel = (np.uint16, sitk.sitkUInt16) if wide else (np.uint8, sitk.sitkUInt8)
+    on_grid = sitk.GetImageFromArray(np.ascontiguousarray(labels.transpose(2, 1, 0), dtype))
     grid, original = loaded.grid, loaded.original
     on_grid.SetSpacing(grid.spacing)
     on_grid.SetOrigin(grid.origin)
     on_grid.SetDirection(grid.direction)
     return sitk.Resample(
         on_grid, original.size, sitk.Transform(), sitk.sitkNearestNeighbor,
-        original.origin, original.spacing, original.direction, 0, sitk.sitkUInt8,
+        original.origin, original.spacing, original.direction, 0, pixel,
     )  # fmt: skip
 
 
@@ -118,6 +120,15 @@ def _read_label(
             f"{unknown[:8]} outside the {num_classes} classes 0-{num_classes - 1}; fix the "
             "map or the dataset's 'labels'."
         )
+    if case.labelled is not None:
+        beyond = sorted({int(v) for v in values if v} - set(case.labelled))
+        if beyond or any(c >= num_classes for c in case.labelled):
+            raise DataError(
+                f"case {case.name}: it says it labels the classes {list(case.labelled)}, but "
+                f"its label map {case.label.name} holds {beyond or 'those'} "
+                f"{'too' if beyond else f'beyond the {num_classes} classes'}; list every "
+                "class the map contains, each below the number of classes."
+            )
     if values.tolist() == [0] and case.labelled != ():
         raise DataError(
             f"case {case.name}: the label map {case.label.name} is empty (background only); "

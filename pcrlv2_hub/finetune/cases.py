@@ -66,7 +66,7 @@ def read_cases(path: str | Path) -> CaseDataset:
         return _read_table(path)
     if (path / "dataset.json").is_file():
         return _read_decathlon(path)
-    if path.is_dir() and any(_brats_label(folder) for folder in path.iterdir()):
+    if path.is_dir() and any(_is_brats_case(folder) for folder in path.iterdir()):
         return _read_brats(path)
     raise InvalidInputError(
         f"{path} is not a segmentation dataset: give a Decathlon folder (with dataset.json), "
@@ -109,8 +109,8 @@ def _read_decathlon(root: Path) -> CaseDataset:
         ) from error
     cases = [_decathlon_case(root, entry, index, where) for index, entry in enumerate(entries)]
     for entry in described.get("test", []):
-        image = entry["image"] if isinstance(entry, dict) else entry
-        cases.append(Case(case_name(Path(image)), _paths(root, image, where), split="test"))
+        images = _paths(root, entry.get("image") if isinstance(entry, dict) else entry, where)
+        cases.append(Case(case_name(images[0]), images, split="test"))
     return CaseDataset(root, tuple(cases), _class_names(labels, where), channels)
 
 
@@ -124,7 +124,7 @@ def _decathlon_case(root: Path, entry: Any, index: int, where: Path) -> Case:
 
 def _read_brats(root: Path) -> CaseDataset:
     cases = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    for folder in sorted(p for p in root.iterdir() if _is_brats_case(p) or _brats_label(p)):
         label = _brats_label(folder)
         images = []
         for sequence in BRATS_SEQUENCES:
@@ -139,6 +139,11 @@ def _read_brats(root: Path) -> CaseDataset:
         cases.append(Case(folder.name, tuple(images), label))
     names = ("background", "necrotic core", "oedema", "(unused)", "enhancing tumour")
     return CaseDataset(root, tuple(cases), names, BRATS_SEQUENCES)
+
+
+def _is_brats_case(folder: Path) -> bool:
+    """A case folder by its sequences, so that unlabelled sets (BraTS validation) count."""
+    return folder.is_dir() and any(folder.glob(f"{folder.name}_t1.nii*"))
 
 
 def _brats_label(folder: Path) -> Path | None:
@@ -170,8 +175,21 @@ def _read_table(table: Path) -> CaseDataset:
         classes = _labelled([int(c) for c in labelled] if labelled else None, table)
         highest = max(highest, *(classes or (0,)))
         cases.append(Case(case_name(images[0]), images, label, classes, split))
+    highest = max([highest, *(_largest_value(c.label) for c in cases if c.label is not None)])
     names = ("background", *(f"class {i}" for i in range(1, highest + 1)))
     return CaseDataset(table.parent, tuple(cases), names, tuple(image_columns))
+
+
+def _largest_value(label: Path) -> int:
+    """The largest class value in a label map: a CSV names no classes, the maps do."""
+    import SimpleITK as sitk
+
+    try:
+        extremes = sitk.MinimumMaximumImageFilter()
+        extremes.Execute(sitk.ReadImage(str(label)))
+    except RuntimeError as error:
+        raise DataError(f"the label map {label} cannot be read: {error}") from error
+    return int(extremes.GetMaximum())
 
 
 def _paths(root: Path, value: Any, where: Path) -> tuple[Path, ...]:

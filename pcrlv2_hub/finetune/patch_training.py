@@ -52,6 +52,8 @@ class PatchSettings:
     """Of neighbouring sliding windows at validation and prediction."""
     workers: int = 0
     """DataLoader worker processes drawing patches (0: in the training process)."""
+    mirror_axes: tuple[int, ...] = (0, 1, 2)
+    """Axes flipped at random; leave out x (0) where classes have a side."""
 
     def __post_init__(self) -> None:
         counts = {
@@ -75,15 +77,16 @@ class _CaseLoader(Transform):
         self.preprocessing, self.num_classes = preprocessing, num_classes
 
     def __call__(self, item: dict[str, Any]) -> dict[str, Any]:
+        listed = item["labelled"]
         case = Case(
             item["name"],
             tuple(map(Path, item["images"])),
             Path(item["label"]),
-            item["labelled"] and tuple(item["labelled"]),
+            None if listed is None else tuple(listed),
         )
         loaded = load_case(case, self.preprocessing, self.num_classes)
         labelled = np.zeros(self.num_classes, bool)
-        labelled[[0, *(case.labelled or range(1, self.num_classes))]] = True
+        labelled[[0, *(range(1, self.num_classes) if listed is None else listed)]] = True
         label = loaded.label.astype(np.uint8 if self.num_classes <= 256 else np.int64)
         return {"image": loaded.image, "label": label[None], "labelled": labelled}
 
@@ -240,6 +243,7 @@ def _patches(
         settings.patch_size,
         foreground_share=settings.foreground_share,
         patches_per_case=settings.patches_per_case,
+        mirror_axes=settings.mirror_axes,
     )
     transform = Compose([_CaseLoader(preprocessing, num_classes), *draw.transforms])
     transform.set_random_state(seed=seed)

@@ -23,11 +23,13 @@ def patch_transform(
     foreground_share: float = 0.5,
     patches_per_case: int = 2,
     augment: bool = True,
+    mirror_axes: Sequence[int] = (0, 1, 2),
 ) -> transforms.Compose:
     """Dict {"image": (C, x, y, z), "label": (1, x, y, z)} -> ``patches_per_case`` patches.
 
     ``foreground_share``: the expected share of patches centred on a labelled voxel
-    (label > 0); the rest are centred anywhere in the volume.
+    (label > 0); the rest are centred anywhere in the volume. ``mirror_axes``: the axes
+    flipped at random; leave out x where classes have a side (left and right parotid).
     """
     if not 0.0 <= foreground_share <= 1.0:
         raise InvalidInputError(f"foreground_share must be in [0, 1], not {foreground_share}.")
@@ -48,7 +50,7 @@ def patch_transform(
     ]
     if augment:
         steps += [
-            *(transforms.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)),
+            *(transforms.RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in mirror_axes),
             transforms.RandScaleIntensityd("image", factors=0.1, prob=0.5),
             transforms.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
         ]

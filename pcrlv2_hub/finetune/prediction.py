@@ -60,7 +60,7 @@ def _cases(inputs: Path, channels: int) -> list[Case]:
     try:
         cases = list(read_cases(inputs).cases)
     except InvalidInputError:
-        cases = [Case(case_name(path), (path,)) for path in find_volumes(inputs)]
+        cases = _named_by_path(find_volumes(inputs), inputs)
     wrong = [case.name for case in cases if len(case.images) != channels]
     if wrong:
         raise InvalidInputError(
@@ -77,3 +77,19 @@ def _write_atomically(image: sitk.Image, path: Path) -> None:
         staged = Path(folder) / path.name
         sitk.WriteImage(image, str(staged), useCompression=True)
         os.replace(staged, path)
+
+
+def _named_by_path(volumes: list[Path], inputs: Path) -> list[Case]:
+    """One case per volume, named by its file; by its path under ``inputs`` where files
+    share a name (``s0001/ct.nii.gz``, ``s0002/ct.nii.gz``), so no output overwrites another."""
+    names = [case_name(path) for path in volumes]
+    if len(set(names)) < len(names):
+        names = [
+            "_".join((*path.relative_to(inputs).parent.parts, case_name(path)))
+            if inputs.is_dir()
+            else case_name(path)
+            for path in volumes
+        ]
+    if len(set(names)) < len(names):
+        raise InvalidInputError(f"{inputs}: several volumes would give the same output name.")
+    return [Case(name, (path,)) for name, path in zip(names, volumes, strict=True)]

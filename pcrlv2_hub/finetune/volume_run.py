@@ -11,6 +11,7 @@ and patch cache of training.
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ def finetune_volumes(
         },
     }
     _check_run_folder(run_dir, described, resume)
+    if not resume:  # cached cases of an earlier, unfinished start may be preprocessed otherwise
+        shutil.rmtree(run_dir / "cache", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / CONFIG_FILE, json.dumps(described, indent=2) + "\n")
     common = {
