@@ -5,7 +5,7 @@ do. Uniform patches would rarely contain a small organ or a tumour, so a configu
 of them is centred on labelled voxels (MONAI's ``RandCropByPosNegLabeld``). Volumes smaller
 than a patch are padded (with zeros: the lower end of the intensity window, and
 background). The augmentations are the usual ones: flips on every axis, 90-degree
-rotations in the axial plane (square patches), intensity scale and shift.
+rotations in the axial plane (square patches, x mirrored too), intensity scale and shift.
 """
 
 from __future__ import annotations
@@ -54,6 +54,8 @@ def patch_transform(
             transforms.RandScaleIntensityd("image", factors=0.1, prob=0.5),
             transforms.RandShiftIntensityd("image", offsets=0.1, prob=0.5),
         ]
-        if patch_size[0] == patch_size[1]:  # else a rotation would change the patch's shape
+        # square patches only (else the shape changes), and only where x may be mirrored:
+        # a half turn swaps left and right
+        if patch_size[0] == patch_size[1] and {0, 1} <= set(mirror_axes):
             steps.append(transforms.RandRotate90d(keys, prob=0.5, spatial_axes=(0, 1)))
     return transforms.Compose([*steps, transforms.EnsureTyped(keys, track_meta=False)])
