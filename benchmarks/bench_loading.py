@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from hub_server import LoopbackHub  # noqa: E402  (stdlib only: safe before the HF imports)
+from machine_info import machine  # noqa: E402
 
 REPO_ID = "pcrlv2-bench/unet3d_luna"
 
@@ -117,17 +117,6 @@ def run(script: str, env: dict[str, str], *args: str) -> str:
         [sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, check=True
     )
     return result.stdout.strip().splitlines()[-1]
-
-
-def machine() -> dict[str, str | int]:
-    import torch
-
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                  if line.startswith("Model name")), platform.processor())  # fmt: skip
-    return {"cpu": model, "cores": os.cpu_count() or 0, "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_average_1min_at_end": os.getloadavg()[0]}  # fmt: skip
 
 
 def main() -> None:

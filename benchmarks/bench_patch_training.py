@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENKBP = ROOT / "tests" / "data" / "openkbp"
@@ -79,21 +78,9 @@ def main() -> None:
                      "patches_per_case": per_case, "workers": workers, "steps": args.steps,
                      "seconds": seconds, "patches_per_s": patches / seconds})  # fmt: skip
         print(json.dumps(rows[-1]))
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                if line.startswith("Model name")), platform.processor())  # fmt: skip
-    import torch
-
     document = {
         "command": f"python benchmarks/bench_patch_training.py --steps {args.steps}",
-        "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "load_average_1min_at_end": os.getloadavg()[0],
-        },
+        "machine": machine(),
         "data": "tests/data/openkbp (5 real CTs) at 2 mm; unet3d_openct_small skip U-Net",
         "median_patches_per_s": statistics.median(r["patches_per_s"] for r in rows),
         "rows": rows,

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from machine_info import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = ROOT.parent / "shared" / "data" / "ct_volumes_more" / "tcga_thca_DE-A4MA_ct.nii.gz"
@@ -92,26 +92,9 @@ def main() -> None:
         )
         rows.append(json.loads(result.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]))
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in lscpu.splitlines()
-            if line.startswith("Model name")
-        ),
-        platform.processor(),
-    )
-    import torch
-
     document = {
         "command": f"python benchmarks/bench_sliding_window.py --overlap {args.overlap}",
-        "machine": {
-            "cpu": cpu,
-            "cores": os.cpu_count(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "load_average_1min_at_end": os.getloadavg()[0],
-        },
+        "machine": machine(),
         "ct": str(CT.relative_to(ROOT.parent)),
         "window": [96, 96, 96],
         "windows_per_batch": 2,

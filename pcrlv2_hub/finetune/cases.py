@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError, InvalidInputError
+from ..pretrain.volumes import VOLUME_SUFFIXES
 
 BRATS_SEQUENCES = ("t1", "t1ce", "t2", "flair")
 SPLITS = ("train", "val", "test")
@@ -220,7 +221,7 @@ def _class_names(labels: dict[int, str], where: Path) -> tuple[str, ...]:
 def case_name(path: Path) -> str:
     """A volume file's name without its (possibly double) extension."""
     name = path.name
-    for suffix in (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".npy", ".npz"):
+    for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -117,7 +117,7 @@ def finetune(config: FinetuneConfig, output: str | Path | None = None) -> Finetu
             "machine": platform.machine(),
         },
     }
-    results = _json_safe(results)
+    results = json_safe(results)
     if output is not None:
         write_text_atomic(Path(output) / RESULTS_FILE, json.dumps(results, indent=2) + "\n")
     return FinetuneRun(model.eval(), results)
@@ -159,12 +159,12 @@ def _describe(dataset: Dataset, splits: dict[str, Split], task: Task) -> dict[st
     return description
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """NaN and infinities (an undefined metric) become null: JSON has no NaN."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value

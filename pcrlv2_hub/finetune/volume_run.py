@@ -25,6 +25,7 @@ from ..weights_file import read_weights, save_weights
 from .cases import Case, read_cases, split_cases
 from .networks import PadToStride, build_network, describe_weights
 from .patch_training import PatchSettings, evaluate_cases, train_on_patches
+from .run import json_safe
 from .tasks import TASKS
 
 CONFIG_FILE, WEIGHTS_FILE, RESULTS_FILE, EXAMPLE_FILE = (
@@ -67,7 +68,7 @@ def finetune_volumes(
         TASKS["segment3d"], config.weights, dataset.num_classes, channels, config.seed
     )
     described = {
-        "config": _json(asdict(config)),
+        "config": json_safe(asdict(config)),
         "classes": list(dataset.class_names),
         "channels": list(dataset.channel_names),
         "network": _network(config.weights, dataset.num_classes, channels),
@@ -106,7 +107,7 @@ def finetune_volumes(
     example = run_dir / EXAMPLE_FILE
     test = evaluate_cases(model, splits["test"], example=example, regions=config.regions, **common)
     results = {**described, "test": test, "history": history}
-    write_text_atomic(run_dir / RESULTS_FILE, json.dumps(_json(results), indent=2) + "\n")
+    write_text_atomic(run_dir / RESULTS_FILE, json.dumps(json_safe(results), indent=2) + "\n")
     return results
 
 
@@ -192,13 +193,3 @@ def _subset(cases: list[Case], count: int | None, seed: int) -> list[Case]:
         )
     order = torch.randperm(len(cases), generator=torch.Generator().manual_seed(seed)).tolist()
     return [cases[i] for i in sorted(order[:count])]
-
-
-def _json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
