@@ -6,8 +6,9 @@
         --out benchmarks/openct/results/segmentation_settings.json
 
 Fine-tunes from each ``--weights`` with the cpu protocol's settings changed by each ``--set``
-(5 labelled patients, seed 0), and reports the mean Dice on the split's 6 validation
-patients; the test patients are never read. Two runs at a time, one thread each.
+(``--patients`` labelled patients, 5 unless told, seed 0), and reports the mean Dice on the
+split's 6 validation patients; the test patients are never read. Two runs at a time, one
+thread each.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def parse_changes(text: str) -> dict:
     return changes
 
 
-def run(openkbp: str, weights: str, changes: dict) -> dict:
+def run(openkbp: str, weights: str, changes: dict, patients: int) -> dict:
     torch.set_num_threads(1)
     protocol = PROTOCOLS["cpu"]
     split = read_split()
@@ -48,13 +49,14 @@ def run(openkbp: str, weights: str, changes: dict) -> dict:
     labels = [read_full_label(openkbp, case) for case in val]
     settings = replace(protocol.segmentation, **changes)
     started = time.perf_counter()
-    model = finetune_segmentation(weights, training_cases(train, 5, 0), settings, seed=0)
+    model = finetune_segmentation(weights, training_cases(train, patients, 0), settings, seed=0)
     trained = time.perf_counter() - started
     dice = evaluate(model, val, labels, settings)
     with np.errstate(invalid="ignore"):
         per_organ = np.nanmean(dice, axis=0)
     return {
         "weights": weights,
+        "patients": patients,
         "settings": asdict(settings),
         "val_mean_dice": float(np.nanmean(per_organ)),
         "val_dice_per_organ": [round(float(d), 4) for d in per_organ],
@@ -68,14 +70,20 @@ def main() -> None:
     parser.add_argument("--openkbp", required=True)
     parser.add_argument("--weights", action="append", required=True)
     parser.add_argument("--set", action="append", default=[], dest="changes")
+    parser.add_argument("--patients", type=int, action="append")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    variants = [(w, parse_changes(c)) for c in args.changes or [""] for w in args.weights]
+    variants = [
+        (w, parse_changes(c), n)
+        for c in args.changes or [""]
+        for n in args.patients or [5]
+        for w in args.weights
+    ]
     with ProcessPoolExecutor(2) as pool:
-        futures = [pool.submit(run, args.openkbp, w, c) for w, c in variants]
+        futures = [pool.submit(run, args.openkbp, *variant) for variant in variants]
         results = [future.result() for future in futures]
-    for (weights, changes), r in zip(variants, results, strict=True):
-        print(f"{weights} {changes}: val mean Dice {r['val_mean_dice']:.3f} "
+    for (weights, changes, patients), r in zip(variants, results, strict=True):
+        print(f"{weights} {changes} {patients} patients: val mean Dice {r['val_mean_dice']:.3f} "
               f"({r['train_seconds']:.0f} s training)")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else []
