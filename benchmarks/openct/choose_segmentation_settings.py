@@ -86,8 +86,9 @@ def main() -> None:
         print(f"{weights} {changes} {patients} patients: val mean Dice {r['val_mean_dice']:.3f} "
               f"({r['train_seconds']:.0f} s training)")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    previous = json.loads(args.out.read_text()) if args.out.exists() else []
-    args.out.write_text(json.dumps(previous + results, indent=1) + "\n")
+    record = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
+    record["runs"] += results
+    args.out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 if __name__ == "__main__":
