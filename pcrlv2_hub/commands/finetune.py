@@ -25,6 +25,9 @@ variance each, 2D grayscale copied to RGB and ImageNet-normalised.
                or a folder holding labels.csv
   FOLDER       segment3d: {train,val,test}/images/NAME with {train,val,test}/masks/NAME
                classify2d: {train,val,test}/CLASS_NAME/*.png (classes in sorted order)
+               classify3d: LUNA16 (subset0/ ... subset9/ with SERIESUID.mhd, and
+               candidates_V2.csv): a 64x64x32 crop around each candidate, every nodule
+               and 10 seeded non-nodules per nodule; subsets 0-4 train, 5-6 val, 7-9 test
 
 Inputs whose size the network's stride does not divide (e.g. 28^3 for the 3D stride 8)
 are zero-padded, centred, to the next multiple; segmentation outputs are cropped back.
@@ -71,7 +74,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="adapt the encoder's first convolution to N input channels (e.g. 4 for MRI)",
     )
     parser.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="at most; " + _DEFAULT)
-    parser.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help=_DEFAULT)
+    parser.add_argument(
+        "--protocol",
+        choices=("luna16",),
+        help="luna16: --data is a LUNA16 folder, read as nodule-candidate crops as in Models "
+        "Genesis and PCRLv2 (classify3d; batch 24 unless --batch-size)",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, help=f"default: {DEFAULTS.batch_size} (luna16: 24)"
+    )
     parser.add_argument("--lr", type=float, default=DEFAULTS.lr, help="learning rate; " + _DEFAULT)
     parser.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay, help=_DEFAULT)
     parser.add_argument(
@@ -115,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         in_channels=args.in_channels,
         training=TrainingSettings(
             epochs=args.epochs,
-            batch_size=args.batch_size,
+            batch_size=args.batch_size or (24 if args.protocol else DEFAULTS.batch_size),
             lr=args.lr,
             weight_decay=args.weight_decay,
             optimizer=args.optimizer,
@@ -125,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         spacing=tuple(args.spacing) if args.spacing else None,
         volume_size=tuple(args.volume_size) if args.volume_size else None,
+        protocol=args.protocol,
     )
     results = finetune(config, output=args.output).results
     test = results["metrics"]["test"]

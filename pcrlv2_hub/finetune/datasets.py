@@ -8,7 +8,9 @@
   or a folder holding such a ``labels.csv``;
 - a folder of image/mask volume pairs, ``{split}/images/NAME`` and ``{split}/masks/NAME``;
 - a folder of 2D images, ``{split}/{class_name}/*.png`` (e.g. NIH ChestX-ray folders);
-  class indices follow the sorted class-folder names.
+  class indices follow the sorted class-folder names;
+- a LUNA16 folder (``subset0/`` ... ``subset9/`` and ``candidates_V2.csv``), for 3D
+  classification: a crop around each nodule candidate (see :mod:`.luna16`).
 
 ``valid`` and ``validation`` are accepted as names of the ``val`` split. Whatever the
 layout, images end up float32 ``(N, C, *spatial)`` in [0, 1] and targets int16 (label maps
@@ -25,6 +27,7 @@ import numpy as np
 
 from ..errors import DataError
 from . import readers
+from .luna16 import Luna16Settings, is_luna16, read_luna16
 
 SPLITS = ("train", "val", "test")
 
@@ -59,16 +62,25 @@ def load_dataset(
     *,
     spacing: tuple[float, float, float] | None = None,
     volume_size: tuple[int, int, int] | None = None,
+    luna16: Luna16Settings | None = None,
 ) -> Dataset:
     """Read ``path`` in whichever supported layout it is, and check it for the task.
 
     ``spacing`` and ``volume_size`` bring the volumes of a CSV table (real scans of any
-    size) to one grid: resampled to ``spacing`` mm, then centre-cropped or padded.
+    size) to one grid: resampled to ``spacing`` mm, then centre-cropped or padded. Given
+    ``luna16`` settings, ``path`` must be a LUNA16 folder.
     """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass the dataset's file or folder with --data.")
-    if path.suffix == ".npz":
+    if luna16 is not None and not is_luna16(path):
+        raise DataError(
+            f"{path} is not a LUNA16 folder: the luna16 protocol needs subset0/ ... subset9/ "
+            "with SERIESUID.mhd files and candidates_V2.csv (or candidates.csv) beside them."
+        )
+    if is_luna16(path) and spatial_dims == 3 and not segmentation:
+        raw = read_luna16(path, luna16 or Luna16Settings(spacing=spacing))
+    elif path.suffix == ".npz":
         raw = readers.read_npz(path, "masks" if segmentation else "labels")
     elif path.suffix == ".csv" or (path / "labels.csv").is_file():
         table = path if path.suffix == ".csv" else path / "labels.csv"

@@ -21,6 +21,7 @@ from ..atomic import write_text_atomic
 from ..errors import DataError, InvalidInputError
 from ..models.encoders import stem_convolution
 from .datasets import Dataset, Split, load_dataset
+from .luna16 import Luna16Settings
 from .networks import PadToStride, build_network, describe_weights
 from .sampling import stratified_subset
 from .settings import TrainingSettings
@@ -50,6 +51,8 @@ class FinetuneConfig:
     """CSV tables of volumes: resample each to this spacing (mm) first."""
     volume_size: tuple[int, int, int] | None = None
     """CSV tables of volumes: then centre-crop or pad each to this size."""
+    protocol: str | None = None
+    """``luna16``: ``data`` is a LUNA16 folder, read as nodule-candidate crops (classify3d)."""
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -57,6 +60,15 @@ class FinetuneConfig:
         if not self.evaluated or not set(self.evaluated) <= {"train", "val", "test"}:
             raise InvalidInputError(
                 f"evaluated={self.evaluated!r}; name some of the splits train, val, test."
+            )
+        if self.protocol not in (None, "luna16"):
+            raise InvalidInputError(
+                f"unknown protocol {self.protocol!r} for finetune: luna16 (nodule crops); "
+                "brats2018 and lits2017 are segmentation protocols of `finetune-volumes`."
+            )
+        if self.protocol == "luna16" and self.task != "classify3d":
+            raise InvalidInputError(
+                "the luna16 protocol classifies nodule crops: --task classify3d."
             )
 
 
@@ -78,6 +90,7 @@ def finetune(config: FinetuneConfig, output: str | Path | None = None) -> Finetu
         task.segmentation,
         spacing=config.spacing,
         volume_size=config.volume_size,
+        luna16=Luna16Settings(spacing=config.spacing) if config.protocol == "luna16" else None,
     )
     splits = _prepared_splits(dataset, task, config.label_fraction, config.seed)
     model = build_network(
