@@ -56,7 +56,7 @@ def get_protocol(name: str) -> Protocol:
     if name not in PROTOCOLS:
         raise InvalidInputError(
             f"unknown protocol {name!r}; choose one of {sorted(PROTOCOLS)} (luna16 nodule "
-            "classification is not a segmentation protocol: use `finetune --task classify3d` "
-            "on nodule crops)."
+            "classification is not a segmentation protocol: use `finetune --task classify3d "
+            "--protocol luna16`)."
         )
     return PROTOCOLS[name]
