@@ -19,7 +19,7 @@ from pcrlv2_hub.errors import DataError
 from pcrlv2_hub.finetune import TASKS, FinetuneConfig, TrainingSettings, finetune
 from pcrlv2_hub.finetune.datasets import load_dataset
 from pcrlv2_hub.finetune.losses import dice_ce_loss
-from pcrlv2_hub.finetune.metrics import accuracy, auc, binary_auc, dice_per_class
+from pcrlv2_hub.finetune.metrics import accuracy, auc, dice_per_class
 from pcrlv2_hub.finetune.networks import build_network
 from pcrlv2_hub.finetune.sampling import stratified_subset
 from pcrlv2_hub.models.encoders import encoder_state_dict
@@ -157,12 +157,16 @@ def test_a_csv_of_volumes_gives_windowed_volumes_and_their_labels(ct_pairs: Path
 # --- metrics -----------------------------------------------------------------------------
 
 
+def _two_columns(positive: list[float]) -> np.ndarray:
+    return np.stack([1 - np.array(positive), np.array(positive)], axis=1)
+
+
 def test_auc_matches_hand_counted_pairs():
     # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ranked right
-    assert binary_auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    assert auc(np.array([0, 0, 1, 1]), _two_columns([0.1, 0.4, 0.35, 0.8])) == 0.75
     # a tie counts one half: pairs (0.5 vs 0.5) -> 0.5, (0.5 vs 0.2) -> 1
-    assert binary_auc([1, 0, 0], [0.5, 0.5, 0.2]) == 0.75
-    assert np.isnan(binary_auc([1, 1], [0.3, 0.4]))
+    assert auc(np.array([1, 0, 0]), _two_columns([0.5, 0.5, 0.2])) == 0.75
+    assert np.isnan(auc(np.array([1, 1]), _two_columns([0.3, 0.4])))
     probabilities = np.array([[0.3, 0.7], [0.6, 0.4], [0.2, 0.8], [0.9, 0.1]])
     # positives 0.7 and 0.1 against negatives 0.4 and 0.8: only 0.7 > 0.4 is ranked right
     assert auc(np.array([1, 0, 0, 1]), probabilities) == 0.25

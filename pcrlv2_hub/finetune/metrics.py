@@ -1,4 +1,4 @@
-"""Evaluation metrics of the fine-tuning tasks: ROC AUC, accuracy and Dice per class.
+"""Evaluation metrics of the fine-tuning tasks: ROC AUC (MONAI), accuracy and Dice per class.
 
 All functions take NumPy arrays and return plain floats (NaN where a metric is undefined,
 e.g. an AUC on a split that holds one class only), so results serialise straight to JSON.
@@ -9,47 +9,29 @@ from __future__ import annotations
 import numpy as np
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values``; tied values share the mean of the ranks they span."""
-    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
-    last_rank = np.cumsum(counts)
-    return (last_rank - (counts - 1) / 2)[inverse]
-
-
-def binary_auc(positive: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve, from ranks (the Mann-Whitney U statistic).
-
-    The AUC is the probability that a random positive scores higher than a random negative,
-    ties counting one half; with ``R`` the sum of the positives' ranks among all scores,
-    ``AUC = (R - P(P+1)/2) / (P N)`` for ``P`` positives and ``N`` negatives. This equals the
-    trapezoidal area under the ROC curve and needs one sort, not a threshold sweep.
-    NaN when one of the two classes is absent.
-    """
-    positive = np.asarray(positive, dtype=bool).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    n_positive = int(positive.sum())
-    n_negative = positive.size - n_positive
-    if n_positive == 0 or n_negative == 0:
-        return float("nan")
-    rank_sum = average_ranks(scores)[positive].sum()
-    return float((rank_sum - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative))
-
-
 def auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """ROC AUC of class probabilities ``(N, K)`` against class indices ``(N,)``.
+    """ROC AUC (MONAI's) of class probabilities ``(N, K)`` against class indices ``(N,)``.
 
-    Two classes: the binary AUC of class 1's probability. More: the one-vs-rest AUC of each
-    class averaged with equal weights (macro), over the classes present in ``labels``.
+    Two classes: the binary AUC of class 1's probability, ties counting one half. More: the
+    one-vs-rest AUC of each class averaged with equal weights (macro), over the classes
+    present in ``labels``. NaN when fewer than two classes are present.
     """
-    labels = np.asarray(labels).ravel()
+    import torch
+    from monai.metrics import compute_roc_auc
+
+    labels = np.asarray(labels, dtype=np.int64).ravel()
     probabilities = np.asarray(probabilities, dtype=np.float64)
+    present = np.unique(labels)
+    if present.size < 2:
+        return float("nan")
     if probabilities.shape[1] == 2:
-        return binary_auc(labels == 1, probabilities[:, 1])
-    per_class = [
-        binary_auc(labels == k, probabilities[:, k]) for k in range(probabilities.shape[1])
-    ]
-    defined = [value for value in per_class if not np.isnan(value)]
-    return float(np.mean(defined)) if defined else float("nan")
+        scores, targets = probabilities[:, 1], labels
+    else:
+        scores, targets = (
+            probabilities[:, present],
+            np.eye(probabilities.shape[1])[labels][:, present],
+        )
+    return float(compute_roc_auc(torch.as_tensor(scores), torch.as_tensor(targets), "macro"))
 
 
 def accuracy(labels: np.ndarray, probabilities: np.ndarray) -> float:
