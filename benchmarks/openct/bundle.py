@@ -10,6 +10,10 @@
 3. writes the entry into ``weights_manifest.json``: status ``published``, source ``bundled``
    (the Hub repo named for when it is uploaded), the data with licences and attributions,
    the recipe, the steps and the benchmark summary.
+
+Without ``--run`` only the benchmark is refreshed: the manifest entry's summary and the
+card's benchmark section are rewritten from ``--benchmark``, the weights and the rest of
+the entry stay as they are (a benchmark rerun needs no pretraining run folder).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ NAME = "unet3d_openct_small"
 ZOO = ROOT / "pcrlv2_hub" / "zoo"
 MANIFEST = ROOT / "weights_manifest.json"
 DATA_LIST = HERE / "pretraining_data.txt"
+BENCHMARK_HEADING = "## Transfer benchmark"
 LICENCES = [
     {
         "folder": "ct_volumes_more (6 patients)",
@@ -65,19 +70,29 @@ REDISTRIBUTION = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="the pretraining run folder")
+    parser.add_argument("--run", type=Path, help="the pretraining run folder")
     parser.add_argument("--benchmark", type=Path, help="folder of the benchmark's results.json")
     args = parser.parse_args()
+    if args.run is None and args.benchmark is None:
+        parser.error("give --run (bundle a run), --benchmark (refresh the tables) or both")
     benchmark = None
     if args.benchmark:
         benchmark = json.loads((args.benchmark / "results.json").read_text(encoding="utf-8"))
+    if args.run is None:
+        refresh_benchmark(benchmark)
+        return
+    bundle(args.run, benchmark)
+
+
+def bundle(run: Path, benchmark: dict[str, Any] | None) -> None:
+    """Export ``run`` into the package: weights, card and manifest entry."""
     with tempfile.TemporaryDirectory() as folder:
-        release = export_checkpoint(args.run, folder, name=NAME)
+        release = export_checkpoint(run, folder, name=NAME)
         entry = json.loads(release.snippet_path.read_text(encoding="utf-8"))
         card = release.card_path.read_text(encoding="utf-8")
         ZOO.mkdir(exist_ok=True)
         shutil.copyfile(release.weights_path, ZOO / f"{NAME}.safetensors")
-    step_hours = training_step_hours(args.run, entry["provenance"]["recipe"]["batch_size"])
+    step_hours = training_step_hours(run, entry["provenance"]["recipe"]["batch_size"])
     entry = zoo_entry(entry, benchmark, step_hours)
     validate_entry(entry)
     write_text_atomic(ZOO / f"{NAME}.md", card + card_sections(benchmark, step_hours))
@@ -85,6 +100,19 @@ def main() -> None:
     manifest["models"] = [m for m in manifest["models"] if m["name"] != NAME] + [entry]
     write_text_atomic(MANIFEST, json.dumps(manifest, indent=2) + "\n")
     print(f"{NAME}: {entry['weights']['size']} bytes, sha256 {entry['weights']['sha256']}")
+
+
+def refresh_benchmark(benchmark: dict[str, Any]) -> None:
+    """Rewrite the bundled entry's benchmark summary and its card's benchmark section."""
+    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    entry = next(m for m in manifest["models"] if m["name"] == NAME)
+    entry["benchmark"] = benchmark_summary(benchmark)
+    validate_entry(entry)
+    card_path = ZOO / f"{NAME}.md"
+    card = card_path.read_text(encoding="utf-8").split(f"\n{BENCHMARK_HEADING}\n")[0]
+    write_text_atomic(card_path, card + "\n" + benchmark_section(benchmark))
+    write_text_atomic(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    print(f"{NAME}: benchmark of {benchmark['command']!r} written")
 
 
 def training_step_hours(run: Path, batch: int) -> float:
@@ -173,10 +201,15 @@ def card_sections(benchmark: dict[str, Any] | None, step_hours: float) -> str:
         lines.append(f"- **{source['folder']}**: {source['what']}. Cite: {source['cite']}.")
     lines += ["", REDISTRIBUTION, ""]
     if benchmark is not None:
-        from pcrlv2_hub.benchmark.report import markdown
-
-        lines += ["## Transfer benchmark", "", markdown(benchmark).split("\n", 2)[2]]
+        lines.append(benchmark_section(benchmark))
     return "\n".join(lines)
+
+
+def benchmark_section(benchmark: dict[str, Any]) -> str:
+    """The card's benchmark section: the report without its title."""
+    from pcrlv2_hub.benchmark.report import markdown
+
+    return f"{BENCHMARK_HEADING}\n\n" + markdown(benchmark).split("\n", 2)[2]
 
 
 def _mean_std(values: list[float]) -> str:
