@@ -40,12 +40,14 @@ def write_report(results: dict[str, Any], output: str | Path) -> None:
 
 
 def collect(results: dict[str, Any], task: str, metric: str) -> dict[str, dict[Any, list]]:
-    """weights label -> label count or fraction -> the metric of each seed."""
+    """weights label -> label count or fraction -> the metric of each seed; the labels in
+    the command's order (records arrive in the order jobs finish), so that every table
+    lists them alike."""
     table: dict[str, dict[Any, list]] = defaultdict(lambda: defaultdict(list))
     for record in results["records"]:
         if record["task"] == task and record.get(metric) is not None:
             table[record["weights"]][record["labels"]].append(record[metric])
-    return table
+    return {label: table[label] for label in results["weights"] if label in table}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -98,7 +100,8 @@ def _organ_tables(results: dict[str, Any]) -> list[str]:
     for count in sorted(per, key=_order):
         lines += ["", f"### Fine-tuned Dice per organ, {_name(count)} labelled patients", ""]
         lines += ["| weights | " + " | ".join(ORGANS) + " |", "|---" * (len(ORGANS) + 1) + "|"]
-        for label, organs in per[count].items():
+        for label in (label for label in results["weights"] if label in per[count]):
+            organs = per[count][label]
             lines.append(f"| {label} | " + " | ".join(_cell(organs[o]) for o in ORGANS) + " |")
     return lines
 
@@ -151,6 +154,17 @@ def _goal(results: dict[str, Any]) -> list[str]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = label_efficiency_figure(results)
+    if figure is not None:
+        figure.savefig(path, dpi=110)
+        plt.close(figure)
+
+
+def label_efficiency_figure(results: dict[str, Any]) -> Any:
+    """One panel per task with results (None if none); each set of weights keeps one
+    colour in every panel, so the first panel's legend reads for all of them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -159,14 +173,23 @@ def plot(results: dict[str, Any], path: Path) -> None:
     panels = [(p, collect(results, p[0], p[1])) for p in PANELS]
     panels = [(p, t) for p, t in panels if t]
     if not panels:
-        return
+        return None
     figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    colours = {label: f"C{index}" for index, label in enumerate(results["weights"])}
     for axis, ((_, metric, title, x_label), table) in zip(axes[0], panels, strict=True):
         columns = sorted({c for row in table.values() for c in row}, key=_order)
         for label, row in table.items():
             means = [np.mean(row[c]) if row.get(c) else np.nan for c in columns]
             stds = [np.std(row[c], ddof=1) if len(row.get(c, [])) > 1 else 0 for c in columns]
-            axis.errorbar(range(len(columns)), means, yerr=stds, marker="o", capsize=3, label=label)
+            axis.errorbar(
+                range(len(columns)),
+                means,
+                yerr=stds,
+                marker="o",
+                capsize=3,
+                label=label,
+                color=colours[label],
+            )
         axis.set_xticks(range(len(columns)), [_name(c) for c in columns])
         axis.set_title(title, fontsize=9)
         axis.set_xlabel(x_label)
@@ -174,8 +197,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def _order(value: Any) -> float:
