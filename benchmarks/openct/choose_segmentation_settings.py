@@ -6,9 +6,9 @@
         --out benchmarks/openct/results/segmentation_settings.json
 
 Fine-tunes from each ``--weights`` with the cpu protocol's settings changed by each ``--set``
-(``--patients`` labelled patients, 5 unless told, seed 0), and reports the mean Dice on the
-split's 6 validation patients; the test patients are never read. Two runs at a time, one
-thread each.
+(``--patients`` labelled patients, 5 unless told; ``--seed``, 0 unless told, draws the
+patients and seeds the run), and reports the mean Dice on the split's 6 validation
+patients; the test patients are never read. Two runs at a time, one thread each.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def parse_changes(text: str) -> dict:
     return changes
 
 
-def run(openkbp: str, weights: str, changes: dict, patients: int) -> dict:
+def run(openkbp: str, weights: str, changes: dict, patients: int, seed: int) -> dict:
     torch.set_num_threads(1)
     protocol = PROTOCOLS["cpu"]
     split = read_split()
@@ -49,7 +49,8 @@ def run(openkbp: str, weights: str, changes: dict, patients: int) -> dict:
     labels = [read_full_label(openkbp, case) for case in val]
     settings = replace(protocol.segmentation, **changes)
     started = time.perf_counter()
-    model = finetune_segmentation(weights, training_cases(train, patients, 0), settings, seed=0)
+    cases = training_cases(train, patients, seed)
+    model = finetune_segmentation(weights, cases, settings, seed=seed)
     trained = time.perf_counter() - started
     dice = evaluate(model, val, labels, settings)
     with np.errstate(invalid="ignore"):
@@ -57,6 +58,7 @@ def run(openkbp: str, weights: str, changes: dict, patients: int) -> dict:
     return {
         "weights": weights,
         "patients": patients,
+        "seed": seed,
         "settings": asdict(settings),
         "val_mean_dice": float(np.nanmean(per_organ)),
         "val_dice_per_organ": [round(float(d), 4) for d in per_organ],
@@ -71,19 +73,22 @@ def main() -> None:
     parser.add_argument("--weights", action="append", required=True)
     parser.add_argument("--set", action="append", default=[], dest="changes")
     parser.add_argument("--patients", type=int, action="append")
+    parser.add_argument("--seed", type=int, action="append")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     variants = [
-        (w, parse_changes(c), n)
+        (w, parse_changes(c), n, seed)
         for c in args.changes or [""]
         for n in args.patients or [5]
+        for seed in args.seed or [0]
         for w in args.weights
     ]
     with ProcessPoolExecutor(2) as pool:
         futures = [pool.submit(run, args.openkbp, *variant) for variant in variants]
         results = [future.result() for future in futures]
-    for (weights, changes, patients), r in zip(variants, results, strict=True):
-        print(f"{weights} {changes} {patients} patients: val mean Dice {r['val_mean_dice']:.3f} "
+    for (weights, changes, patients, seed), r in zip(variants, results, strict=True):
+        print(f"{weights} {changes} {patients} patients, seed {seed}: "
+              f"val mean Dice {r['val_mean_dice']:.3f} "
               f"({r['train_seconds']:.0f} s training)")  # fmt: skip
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = json.loads(args.out.read_text()) if args.out.exists() else {"runs": []}
