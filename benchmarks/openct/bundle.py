@@ -96,23 +96,33 @@ def bundle(run: Path, benchmark: dict[str, Any] | None) -> None:
     entry = zoo_entry(entry, benchmark, step_hours)
     validate_entry(entry)
     write_text_atomic(ZOO / f"{NAME}.md", card + card_sections(benchmark, step_hours))
-    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
+    manifest = _read_manifest()
     manifest["models"] = [m for m in manifest["models"] if m["name"] != NAME] + [entry]
-    write_text_atomic(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    _write_manifest(manifest)
     print(f"{NAME}: {entry['weights']['size']} bytes, sha256 {entry['weights']['sha256']}")
 
 
 def refresh_benchmark(benchmark: dict[str, Any]) -> None:
     """Rewrite the bundled entry's benchmark summary and its card's benchmark section."""
-    manifest = json.loads(MANIFEST.read_text(encoding="utf-8"))
-    entry = next(m for m in manifest["models"] if m["name"] == NAME)
+    manifest = _read_manifest()
+    entry = next((m for m in manifest["models"] if m["name"] == NAME), None)
+    if entry is None:
+        raise SystemExit(f"{MANIFEST} has no {NAME} entry to refresh; bundle a run with --run.")
     entry["benchmark"] = benchmark_summary(benchmark)
     validate_entry(entry)
     card_path = ZOO / f"{NAME}.md"
     card = card_path.read_text(encoding="utf-8").split(f"\n{BENCHMARK_HEADING}\n")[0]
     write_text_atomic(card_path, card + "\n" + benchmark_section(benchmark))
-    write_text_atomic(MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    _write_manifest(manifest)
     print(f"{NAME}: benchmark of {benchmark['command']!r} written")
+
+
+def _read_manifest() -> dict[str, Any]:
+    return json.loads(MANIFEST.read_text(encoding="utf-8"))
+
+
+def _write_manifest(manifest: dict[str, Any]) -> None:
+    write_text_atomic(MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def training_step_hours(run: Path, batch: int) -> float:

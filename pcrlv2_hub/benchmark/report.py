@@ -47,7 +47,12 @@ def collect(results: dict[str, Any], task: str, metric: str) -> dict[str, dict[A
     for record in results["records"]:
         if record["task"] == task and record.get(metric) is not None:
             table[record["weights"]][record["labels"]].append(record[metric])
-    return {label: table[label] for label in results["weights"] if label in table}
+    return _in_command_order(results, table)
+
+
+def _in_command_order(results: dict[str, Any], rows: dict[str, Any]) -> dict[str, Any]:
+    """``rows`` keyed by weights label, in the order ``--weights`` gave them."""
+    return {label: rows[label] for label in results["weights"] if label in rows}
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -100,8 +105,7 @@ def _organ_tables(results: dict[str, Any]) -> list[str]:
     for count in sorted(per, key=_order):
         lines += ["", f"### Fine-tuned Dice per organ, {_name(count)} labelled patients", ""]
         lines += ["| weights | " + " | ".join(ORGANS) + " |", "|---" * (len(ORGANS) + 1) + "|"]
-        for label in (label for label in results["weights"] if label in per[count]):
-            organs = per[count][label]
+        for label, organs in _in_command_order(results, per[count]).items():
             lines.append(f"| {label} | " + " | ".join(_cell(organs[o]) for o in ORGANS) + " |")
     return lines
 
@@ -154,10 +158,10 @@ def _goal(results: dict[str, Any]) -> list[str]:
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
     figure = label_efficiency_figure(results)
     if figure is not None:
+        import matplotlib.pyplot as plt
+
         figure.savefig(path, dpi=110)
         plt.close(figure)
 
