@@ -32,7 +32,7 @@ CHANNELS_LAST = torch.channels_last_3d
 class SegmentationSettings:
     """One fine-tuning run's budget and optimiser."""
 
-    steps: int = 1000
+    steps: int = 1600
     patch_size: tuple[int, int, int] = (32, 32, 32)
     batch_size: int = 2
     lr: float = 1e-2
