@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 import pcrlv2_hub
+from pcrlv2_hub.benchmark.jobs import intensity_window
 from pcrlv2_hub.benchmark.openkbp import load_cases, read_split
 from pcrlv2_hub.benchmark.protocol import PROTOCOLS
-from pcrlv2_hub.benchmark.segmentation import SegmentationSettings
 from pcrlv2_hub.pretrain.corruptions import z_normalise
 
 ENCODERS = {  # label -> load_encoder arguments
@@ -35,18 +35,18 @@ def draw_patches(openkbp: str, patients: int, count: int, seed: int) -> torch.Te
     """``count`` random patches (N, 1, *patch) of ROI-normalised training patients."""
     split = read_split()
     protocol = PROTOCOLS["cpu"]
-    cases = load_cases(
-        openkbp, split.train[:patients], split.excluded, tuple(protocol.roi_size), (-1000.0, 1000.0)
-    )
-    size = SegmentationSettings().patch_size
+    window = intensity_window("unet3d_openct_small")  # all three were pretrained with it
+    names = split.train[:patients]
+    cases = load_cases(openkbp, names, split.excluded, tuple(protocol.roi_size), window)
+    size = protocol.segmentation.patch_size
     rng = np.random.default_rng(seed)
     patches = []
     for _ in range(count):
         image = cases[rng.integers(len(cases))].image
         shape = image.shape[1:]
         start = [int(rng.integers(0, d - p + 1)) for d, p in zip(shape, size, strict=True)]
-        window = tuple(slice(s, s + p) for s, p in zip(start, size, strict=True))
-        patches.append(image[(slice(None), *window)])
+        box = tuple(slice(s, s + p) for s, p in zip(start, size, strict=True))
+        patches.append(image[(slice(None), *box)])
     return torch.from_numpy(np.stack(patches))
 
 
